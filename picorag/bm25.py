@@ -1,0 +1,195 @@
+"""Eager sparse BM25, the way bm25s does it: the per-(term, chunk) part of the score is computed
+once at index time, so a query is a weighted sum of a few posting lists plus a top-k partition.
+
+Each segment stores term-major postings as plain .npy arrays (memory-mapped on open) and its
+vocabulary as JSON. The tf part uses the collection's average length when the segment was
+written; idf is always computed at query time from document frequencies summed over segments,
+so adding documents updates idf immediately and `compact` makes length normalisation exact.
+
+Two scoring variants (Kamphuis et al., 2020):
+  lucene     idf = ln(1 + (N - df + .5) / (df + .5)),  tf part = tf / (tf + k1 (1 - b + b dl/avgdl))
+  robertson  idf = max(0, ln((N - df + .5) / (df + .5))), tf part = tf (k1 + 1) / (tf + k1 (...))
+
+>>> ix = Postings.from_tokens([["cat", "sat"], ["dog"], ["cat", "cat"]])
+>>> params = BM25Params()
+>>> w = ix.weights(params, avgdl=ix.total_len / ix.n_docs)
+>>> rows, scores = top_k(ix, w, {"cat": 1.0}, k=2)
+>>> rows.tolist()
+[2, 0]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .records import PicoragError
+
+METHODS = ("lucene", "robertson")
+
+
+@dataclass(frozen=True)
+class BM25Params:
+    k1: float = 1.5
+    b: float = 0.75
+    method: str = "lucene"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise PicoragError(f"unknown BM25 method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise PicoragError(f"BM25 needs k1 >= 0 and 0 <= b <= 1 (got k1={self.k1}, b={self.b})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def idf(self, df: np.ndarray | float, n_docs: int) -> np.ndarray:
+        df = np.asarray(df, dtype=np.float64)
+        if self.method == "lucene":
+            return np.log1p((n_docs - df + 0.5) / (df + 0.5))
+        return np.log(np.maximum((n_docs - df + 0.5) / (df + 0.5), 1.0))
+
+    def tf_part(self, tf: np.ndarray, dl: np.ndarray, avgdl: float) -> np.ndarray:
+        tf = tf.astype(np.float64)
+        norm = self.k1 * (1.0 - self.b + self.b * dl / max(avgdl, 1e-9))
+        scale = self.k1 + 1.0 if self.method == "robertson" else 1.0
+        return (tf * scale / (tf + norm)).astype(np.float32)
+
+
+@dataclass
+class Postings:
+    """Term-major postings of one segment: the rows of term t are rows[indptr[t]:indptr[t+1]]."""
+
+    terms: list[str]
+    indptr: np.ndarray  # int64, len(terms) + 1
+    rows: np.ndarray  # int32, row of each posting
+    tf: np.ndarray  # uint16, term frequency of each posting (kept so compaction can re-weight)
+    doclen: np.ndarray  # int32, number of terms in each row
+
+    def __post_init__(self):
+        self.term_id = {t: i for i, t in enumerate(self.terms)}
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doclen)
+
+    @property
+    def total_len(self) -> int:
+        return int(self.doclen.sum())
+
+    def df(self, term: str) -> int:
+        i = self.term_id.get(term)
+        return 0 if i is None else int(self.indptr[i + 1] - self.indptr[i])
+
+    @classmethod
+    def from_tokens(cls, docs: Iterable[Sequence[str]]) -> Postings:
+        """Index tokenised rows; repeated tokens in a row count as term frequency."""
+        term_id: dict[str, int] = {}
+        t_ids: list[int] = []
+        tfs: list[int] = []
+        counts: list[int] = []
+        doclen: list[int] = []
+        for doc in docs:
+            c = Counter(doc)
+            counts.append(len(c))
+            doclen.append(len(doc))
+            for term, n in c.items():
+                t_ids.append(term_id.setdefault(term, len(term_id)))
+                tfs.append(n)
+        rows = np.repeat(np.arange(len(doclen), dtype=np.int32), counts)
+        return _assemble(list(term_id), np.asarray(t_ids, dtype=np.int64), rows,
+                         np.minimum(np.asarray(tfs, dtype=np.int64), 65535), np.asarray(doclen, dtype=np.int32))
+
+    def weights(self, params: BM25Params, avgdl: float) -> np.ndarray:
+        return params.tf_part(self.tf, self.doclen[self.rows], avgdl)
+
+    def save(self, directory: str, weights: np.ndarray) -> None:
+        for name, arr in (("indptr", self.indptr), ("rows", self.rows), ("tf", self.tf),
+                          ("doclen", self.doclen), ("weights", weights)):
+            np.save(os.path.join(directory, f"bm25.{name}.npy"), arr)
+        with open(os.path.join(directory, "bm25.terms.json"), "w", encoding="utf-8") as f:
+            json.dump(self.terms, f, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, directory: str) -> tuple[Postings, np.ndarray]:
+        def arr(name: str) -> np.ndarray:
+            return np.load(os.path.join(directory, f"bm25.{name}.npy"), mmap_mode="r")
+
+        with open(os.path.join(directory, "bm25.terms.json"), encoding="utf-8") as f:
+            terms = json.load(f)
+        return cls(terms, arr("indptr"), arr("rows"), arr("tf"), arr("doclen")), arr("weights")
+
+
+def _assemble(terms: list[str], t_ids: np.ndarray, rows: np.ndarray, tf: np.ndarray,
+              doclen: np.ndarray) -> Postings:
+    """Sort postings term-major (rows ascending within a term) and build indptr."""
+    order = np.lexsort((rows, t_ids))
+    indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(t_ids, minlength=len(terms)), out=indptr[1:])
+    return Postings(terms, indptr, rows[order].astype(np.int32), tf[order].astype(np.uint16), doclen)
+
+
+def merge(parts: Sequence[tuple[Postings, np.ndarray]]) -> Postings:
+    """One Postings from several, keeping only rows where each part's `live` mask is True;
+    rows are renumbered consecutively in part order. Terms left without postings are dropped."""
+    vocab: dict[str, int] = {}
+    t_all, r_all, tf_all, dl_all = [], [], [], []
+    offset = 0
+    for ix, live in parts:
+        new_row = np.full(ix.n_docs, -1, dtype=np.int64)
+        new_row[live] = np.arange(offset, offset + int(live.sum()))
+        to_global = np.array([vocab.setdefault(t, len(vocab)) for t in ix.terms], dtype=np.int64)
+        term_of = np.repeat(np.arange(len(ix.terms)), np.diff(ix.indptr))
+        keep = new_row[ix.rows] >= 0
+        t_all.append(to_global[term_of[keep]])
+        r_all.append(new_row[ix.rows[keep]])
+        tf_all.append(np.asarray(ix.tf)[keep])
+        dl_all.append(np.asarray(ix.doclen)[live])
+        offset += int(live.sum())
+    t_ids = np.concatenate(t_all) if t_all else np.zeros(0, np.int64)
+    used, t_ids = np.unique(t_ids, return_inverse=True)
+    terms = list(vocab)
+    return _assemble([terms[i] for i in used], t_ids.astype(np.int64), np.concatenate(r_all or [np.zeros(0)]),
+                     np.concatenate(tf_all or [np.zeros(0)]), np.concatenate(dl_all or [np.zeros(0, np.int32)]))
+
+
+def top_k(ix: Postings, weights: np.ndarray, query: dict[str, float], k: int,
+          allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and scores of the k best rows matching at least one query term.
+
+    `query` maps term -> weight (idf times how often the term occurs in the query). `allowed`
+    is a boolean mask over rows (filters, deletions) applied before ranking, so a filtered
+    result list is never short when enough rows match.
+    """
+    spans = [(ix.indptr[i], ix.indptr[i + 1], w) for t, w in query.items()
+             if (i := ix.term_id.get(t)) is not None]
+    if not spans or k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    rows = np.concatenate([ix.rows[a:b] for a, b, _ in spans])
+    vals = np.concatenate([weights[a:b].astype(np.float64) * w for a, b, w in spans])
+    scores = np.bincount(rows, weights=vals, minlength=ix.n_docs)
+    matched = np.zeros(ix.n_docs, dtype=bool)
+    matched[rows] = True
+    if allowed is not None:
+        matched &= allowed
+    cand = np.flatnonzero(matched)
+    if len(cand) > k:
+        cand = cand[np.argpartition(-scores[cand], k - 1)[:k]]
+    order = np.lexsort((cand, -scores[cand]))  # score descending, ties by row for determinism
+    cand = cand[order]
+    return cand, scores[cand]
+
+
+def query_weights(terms: Sequence[str], dfs: dict[str, int], n_docs: int, params: BM25Params) -> dict[str, float]:
+    """term -> idf x occurrences in the query, for terms present in the collection."""
+    counts = Counter(t for t in terms if dfs.get(t, 0) > 0)
+    if not counts:
+        return {}
+    idf = params.idf(np.array([dfs[t] for t in counts]), n_docs)
+    return {t: float(i) * c for (t, c), i in zip(counts.items(), idf, strict=True) if not math.isclose(i, 0.0)}

@@ -1,0 +1,192 @@
+"""The `picorag` command: each subcommand is a few lines over the Python API.
+
+Errors a user can cause print one line and exit non-zero; with --json, stdout carries JSON only
+(warnings and progress bars go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from typing import Any
+
+from .records import PicoragError
+
+
+def _warn(msg: str) -> None:
+    print(f"picorag: warning: {msg}", file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=1) if args.json else text)
+
+
+def parse_where(items: list[str] | None) -> dict[str, list[str]]:
+    """["law=刑法", "law=宪法", "chapter=…"] -> {"law": ["刑法", "宪法"], "chapter": [...]}."""
+    where: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or '"' in key:
+            raise PicoragError(f"--where expects key=value, got {item!r}")
+        where.setdefault(key, []).append(value.strip())
+    return where
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from .bm25 import BM25Params
+    from .kb import KnowledgeBase
+
+    params = BM25Params(k1=args.k1, b=args.b, method=args.bm25)
+    kb = KnowledgeBase.build(args.kb, args.sources, chunk_size=args.chunk_size, overlap=args.overlap,
+                             bm25=params, warn=_warn)
+    info = kb.info()
+    _emit(args, info, f"built {args.kb}: {info['docs']} documents, {info['chunks']} chunks")
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    from .kb import KnowledgeBase
+
+    stats = KnowledgeBase.open(args.kb).add(args.sources, warn=_warn)
+    _emit(args, stats, "added {added}, replaced {replaced}, unchanged {unchanged} documents "
+                       "({chunks} chunks written)".format(**stats))
+
+
+def cmd_delete(args: argparse.Namespace) -> None:
+    from .kb import KnowledgeBase
+
+    if not args.doc_id and not args.id:
+        raise PicoragError("say what to delete: --doc-id ID or --id CHUNK_ID")
+    stats = KnowledgeBase.open(args.kb).delete(args.doc_id or [], args.id or [])
+    _emit(args, stats, f"deleted {stats['chunks']} chunks")
+
+
+def cmd_compact(args: argparse.Namespace) -> None:
+    from .kb import KnowledgeBase
+
+    stats = KnowledgeBase.open(args.kb).compact()
+    _emit(args, stats, "compacted {segments_before} segment(s) into 1 ({chunks} chunks)".format(**stats))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .kb import KnowledgeBase
+
+    info = KnowledgeBase.open(args.kb).info()
+    lines = [f"{info['path']}: {info['docs']} documents, {info['chunks']} chunks, "
+             f"{info['size_bytes'] / 1e6:.1f} MB, generation {info['generation']}",
+             f"bm25: {info['bm25']}  chunking: {info['chunking']}  analyzer: {info['analyzer']}"]
+    lines += [f"  {s['name']}: {s['chunks']} chunks ({s['n_deleted']} deleted), {s['bytes'] / 1e6:.1f} MB"
+              for s in info["segments"]]
+    _emit(args, info, "\n".join(lines))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from .kb import KnowledgeBase
+
+    hits = KnowledgeBase.open(args.kb).search(args.query, k=args.k, where=parse_where(args.where))
+    if args.json:
+        _emit(args, [{"id": h.id, "score": h.score, "text": h.text, "meta": h.meta, "citation": h.citation}
+                     for h in hits], "")
+        return
+    if not hits:
+        print("no results")
+    for i, h in enumerate(hits, 1):
+        snippet = textwrap.shorten(" ".join(h.text.split()), 160, placeholder=" …")
+        print(f"{i}. [{h.score:.3f}] {h.citation}  ({h.id})\n   {snippet}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .evaluate import evaluate
+    from .kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb)
+    match = [m.strip() for m in args.match.split(",") if m.strip()]
+    res = evaluate(lambda q, n: kb.search(q, k=n), args.dataset, k=args.k, match=match,
+                   progress=lambda it: tqdm(it, desc="eval", disable=None, leave=False))
+    keys = [f"hit@{args.k}", f"mrr@{args.k}", "ndcg@10", "recall@100"]
+    lines = [f"{res['n']} queries, {res['qps']:.0f} q/s: " + "  ".join(f"{key} {res[key]:.4f}" for key in keys)]
+    for tag, m in res.get("by_tag", {}).items():
+        lines.append(f"  {tag} ({m['n']}): " + "  ".join(f"{key} {m[key]:.4f}" for key in keys))
+    _emit(args, res, "\n".join(lines))
+
+
+def cmd_micro(args: argparse.Namespace) -> int:
+    from . import micro
+
+    return micro.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="picorag", description="Local, offline-first retrieval-augmented generation.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, fn: Any, help: str, kb: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        if kb:
+            sp.add_argument("kb", metavar="KB", help="knowledge base directory")
+            sp.add_argument("--json", action="store_true", help="print JSON only on stdout")
+        return sp
+
+    sp = command("build", cmd_build, "build a knowledge base from files, directories or JSONL")
+    sp.add_argument("--from", dest="sources", nargs="+", required=True, metavar="PATH")
+    sp.add_argument("--chunk-size", type=int, default=256, help="tokens per chunk (default 256)")
+    sp.add_argument("--overlap", type=int, default=32, help="tokens shared by neighbouring chunks (default 32)")
+    sp.add_argument("--k1", type=float, default=1.5)
+    sp.add_argument("--b", type=float, default=0.75)
+    sp.add_argument("--bm25", default="lucene", choices=["lucene", "robertson"], help="BM25 variant")
+
+    sp = command("add", cmd_add, "add or update documents without rebuilding")
+    sp.add_argument("sources", nargs="+", metavar="PATH")
+
+    sp = command("delete", cmd_delete, "delete documents or single chunks")
+    sp.add_argument("--doc-id", action="append", metavar="ID")
+    sp.add_argument("--id", action="append", metavar="CHUNK_ID")
+
+    command("compact", cmd_compact, "merge segments and drop deleted chunks")
+    command("info", cmd_info, "counts, segments, sizes and settings")
+
+    sp = command("search", cmd_search, "search a knowledge base")
+    sp.add_argument("query")
+    sp.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    sp.add_argument("--where", action="append", metavar="KEY=VALUE",
+                    help="metadata filter; repeat a key for any-of, different keys must all match")
+
+    sp = command("eval", cmd_eval, "measure retrieval on a BEIR directory or a gold JSONL")
+    sp.add_argument("--dataset", required=True, metavar="PATH")
+    sp.add_argument("-k", type=int, default=5)
+    sp.add_argument("--match", default="law,article", help="gold keys a hit must match (default law,article)")
+
+    sp = command("micro", cmd_micro, "the dependency-free teaching RAG (pure Python)", kb=False)
+    sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for picorag.micro")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except PicoragError as e:
+        print(f"picorag: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("picorag: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # `picorag search … | head`
+        return 0
+    except Exception as e:  # a bug of ours: still one line, with a way to see the traceback
+        if os.environ.get("PICORAG_DEBUG"):
+            raise
+        print(f"picorag: internal error: {type(e).__name__}: {e} (set PICORAG_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,255 @@
+"""Files -> Records. One reader per input kind; `read_paths` walks paths and dispatches.
+
+Kinds: JSONL (nanochat `{"id","title","content","source"}` or BEIR `{"_id","title","text"}`,
+optionally gzipped), .txt and .md (Chinese statutes detected and parsed by article), .pdf (court-case
+PDFs split by heading, others by page), .pptx (by slide). A record's own id is its doc_id verbatim;
+a file's doc_id is its path relative to the working directory, so the same input gives the same ids.
+
+>>> import tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "a.jsonl"
+>>> _ = p.write_text('{"_id": "d1", "title": "T", "text": "Hello."}\\n')
+>>> [(r.doc_id, r.title, r.sections[0].text) for r in read_paths([p])]
+[('d1', 'T', 'Hello.')]
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from . import law
+from .records import PicoragError, Record, Section
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
+SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".jsonl.gz", ".pdf", ".pptx"}
+Warn = Callable[[str], None]
+
+
+def suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    return ".jsonl.gz" if name.endswith(".jsonl.gz") else path.suffix.lower()
+
+
+def path_id(path: Path) -> str:
+    """Stable id for a file: its path relative to the working directory (absolute when outside)."""
+    p = Path(os.path.abspath(path))
+    try:
+        return p.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def list_files(paths: Iterable[str | Path], warn: Warn) -> list[Path]:
+    """Expand directories (recursively, sorted for stable order); warn about what will be skipped."""
+    files: list[Path] = []
+    skipped: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise PicoragError(f"input not found: {p}")
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+        else:
+            found = [p]
+        for q in found:
+            if suffix_of(q) in SUFFIXES:
+                files.append(q)
+            else:
+                skipped.append(str(q))
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warn(f"skipped {len(skipped)} file(s) of unsupported type: {shown}")
+    return files
+
+
+def read_paths(paths: Iterable[str | Path], warn: Warn | None = None) -> Iterator[Record]:
+    """Every record found under `paths`, in a stable order."""
+    warn = warn or (lambda msg: None)
+    for f in list_files(paths, warn):
+        yield from read_file(f, warn)
+
+
+def read_file(path: Path, warn: Warn) -> Iterator[Record]:
+    kind = suffix_of(path)
+    if kind in (".jsonl", ".jsonl.gz"):
+        yield from read_jsonl(path)
+    elif kind == ".pdf":
+        yield from read_pdf(path, warn)
+    elif kind == ".pptx":
+        yield from read_pptx(path, warn)
+    else:
+        yield from read_text(path, warn)
+
+
+# -- JSONL ---------------------------------------------------------------------------------------
+
+_RESERVED = {"id", "_id", "title", "content", "text"}
+
+
+def read_jsonl(path: Path) -> Iterator[Record]:
+    opener = gzip.open if suffix_of(path) == ".jsonl.gz" else open
+    pid = path_id(path)
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield _jsonl_record(line, f"{path}:{lineno}", pid, lineno)
+    except UnicodeDecodeError as e:
+        raise PicoragError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); JSONL must be UTF-8") from None
+    except (OSError, EOFError) as e:  # gzip errors are OSError subclasses
+        raise PicoragError(f"{path}: cannot read ({e})") from None
+
+
+def _jsonl_record(line: str, where: str, pid: str, lineno: int) -> Record:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise PicoragError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise PicoragError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    text = obj.get("content", obj.get("text"))
+    if not isinstance(text, str):
+        raise PicoragError(f"{where}: record needs a string 'content' or 'text' field")
+    raw_id = obj.get("id", obj.get("_id"))
+    if raw_id is None:
+        doc_id = f"{pid}:{lineno}"
+    elif isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        doc_id = str(raw_id)
+    else:
+        raise PicoragError(f"{where}: 'id' must be a non-empty string or integer")
+    title = obj.get("title") or ""
+    if not isinstance(title, str):
+        raise PicoragError(f"{where}: 'title' must be a string")
+    meta: dict[str, Any] = {k: v for k, v in obj.items() if k not in _RESERVED}
+    nested = meta.pop("metadata", None)
+    if isinstance(nested, dict):  # BEIR keeps extra fields under "metadata"
+        meta = {**nested, **meta}
+    meta["source_path"] = pid
+    meta["line"] = lineno
+    prefix = f"{title}\n" if title else ""
+    return Record(doc_id, title, [Section(text, {}, prefix)], meta)
+
+
+# -- text and markdown ---------------------------------------------------------------------------
+
+
+def decode_text(data: bytes, path: Path) -> str:
+    """UTF-8 (with or without BOM) first; otherwise the encoding charset-normalizer finds."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    from charset_normalizer import from_bytes
+
+    best = None if b"\x00" in data else from_bytes(data).best()  # NUL bytes: binary, not text
+    if best is None:
+        raise PicoragError(f"{path}: not UTF-8 and no other text encoding fits; convert it to UTF-8")
+    return str(best)
+
+
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.M)
+
+
+def read_text(path: Path, warn: Warn) -> Iterator[Record]:
+    try:
+        text = decode_text(path.read_bytes(), path).replace("\r\n", "\n").replace("\r", "\n")
+    except OSError as e:
+        raise PicoragError(f"{path}: cannot read ({e.strerror})") from None
+    pid = path_id(path)
+    if law.is_statute(text):
+        yield law.parse_statute(text, pid, pid)
+        return
+    if not text.strip():
+        warn(f"{path}: empty, skipped")
+        return
+    meta = {"source_path": pid}
+    if suffix_of(path) == ".txt":
+        title = path.stem
+        yield Record(pid, title, [Section(text, {"line": 1}, f"{title}\n")], meta)
+        return
+    # Markdown: one section per heading, so chunks carry the heading they sit under.
+    heads = list(_MD_HEADING.finditer(text))
+    title = next((m.group(2) for m in heads if len(m.group(1)) == 1), path.stem)
+    bounds = [0] + [m.start() for m in heads] + [len(text)]
+    sections = []
+    for s, e in zip(bounds, bounds[1:], strict=False):
+        if not text[s:e].strip():
+            continue
+        m = _MD_HEADING.match(text, s)
+        heading = m.group(2) if m else ""
+        sec_meta = {"line": text.count("\n", 0, s) + 1, **({"heading": heading} if heading else {})}
+        prefix = f"{title}\n" + (f"{heading}\n" if heading and heading != title else "")
+        sections.append(Section(text[s:e], sec_meta, prefix))
+    yield Record(pid, title, sections, meta)
+
+
+# -- PDF and PPTX --------------------------------------------------------------------------------
+
+
+def pdf_pages(path: Path) -> list[str]:
+    """Text of each page; encrypted or broken PDFs raise a one-line PicoragError."""
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise PicoragError(f"{path}: PDF is encrypted (password protected); decrypt it first")
+        return [page.extract_text() or "" for page in reader.pages]
+    except PicoragError:
+        raise
+    except (PdfReadError, OSError, ValueError, KeyError, TypeError) as e:
+        raise PicoragError(f"{path}: unreadable PDF ({type(e).__name__}: {e})") from None
+    except Exception as e:  # pypdf raises many internal types on corrupt files
+        if type(e).__module__.startswith("pypdf") or "crypt" in str(e).lower():
+            raise PicoragError(f"{path}: unreadable PDF ({type(e).__name__}: {e})") from None
+        raise
+
+
+def read_pdf(path: Path, warn: Warn) -> Iterator[Record]:
+    pages = pdf_pages(path)
+    pid = path_id(path)
+    if not any(p.strip() for p in pages):
+        warn(f"{path}: no text layer (scanned PDF?), skipped")
+        return
+    if law.is_case_pdf(pages):
+        yield law.parse_case(pages, pid, pid)
+        return
+    title = path.stem
+    sections = [Section(t, {"page": i}, f"{title}\n") for i, t in enumerate(pages, 1) if t.strip()]
+    yield Record(pid, title, sections, {"source_path": pid})
+
+
+def read_pptx(path: Path, warn: Warn) -> Iterator[Record]:
+    from pptx import Presentation
+
+    try:
+        deck = Presentation(str(path))
+    except Exception as e:  # python-pptx raises zipfile/KeyError/lxml errors on bad files
+        raise PicoragError(f"{path}: unreadable PPTX ({type(e).__name__})") from None
+    pid = path_id(path)
+    title = path.stem
+    sections = []
+    for i, slide in enumerate(deck.slides, 1):
+        texts = [sh.text_frame.text for sh in slide.shapes if sh.has_text_frame and sh.text_frame.text.strip()]
+        if texts:
+            sections.append(Section("\n".join(texts), {"slide": i}, f"{title}\n"))
+    if not sections:
+        warn(f"{path}: no text on any slide, skipped")
+        return
+    yield Record(pid, title, sections, {"source_path": pid})

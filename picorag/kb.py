@@ -1,0 +1,393 @@
+"""The knowledge base: a directory of immutable segments and one manifest that commits them.
+
+    KB/manifest.json     format version, analyzer, BM25 and chunking settings, segment list, counts
+    KB/segments/...      see segment.py
+    KB/.lock             writers hold an exclusive flock on it; readers never lock
+
+A write (build, add, delete, compact) creates new files only, then atomically replaces the
+manifest (write temp, fsync, os.replace, fsync dir). A reader opens whatever manifest it finds, so
+it sees the old KB or the new one, never a mix; a write that dies half-way leaves the old KB intact.
+
+>>> import tempfile, pathlib
+>>> src = pathlib.Path(tempfile.mkdtemp()) / "d.jsonl"
+>>> _ = src.write_text('{"id": "a", "text": "Cats purr."}\\n{"id": "b", "text": "Dogs bark."}\\n')
+>>> kb = KnowledgeBase.build(pathlib.Path(tempfile.mkdtemp()) / "kb", [src])
+>>> [h.id for h in kb.search("dogs")]
+['b-0']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analyze import Analyzer
+from .bm25 import BM25Params, Postings, merge, query_weights, top_k
+from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE, chunk_record
+from .cite import citation
+from .ingest import read_paths
+from .records import Chunk, Hit, PicoragError
+from .segment import Segment, fsync_dir, write_segment
+
+FORMAT = "picorag-kb"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+Warn = Callable[[str], None]
+Where = dict[str, str | list[str]]
+
+
+def _progress(it: Iterable, desc: str, total: int | None = None) -> Iterable:
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, total=total, unit="", disable=None, leave=False, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def write_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """One writer at a time; a second one waits up to `timeout` seconds, then fails clearly."""
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PicoragError(f"{path} is locked by another write; try again when it finishes") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise PicoragError(f"knowledge base not found at {path} — build it with: picorag build {path} --from …")
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PicoragError(f"{path} is not a readable picorag knowledge base (manifest.json: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PicoragError(f"{path} is not a picorag knowledge base (manifest.json has no '{FORMAT}' format)")
+    if manifest.get("version", 0) > FORMAT_VERSION:
+        raise PicoragError(f"{path} was written by a newer picorag (KB format {manifest['version']}; this "
+                           f"version reads up to {FORMAT_VERSION}) — upgrade picorag")
+    return manifest
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    tmp = path / f".{MANIFEST}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, ensure_ascii=False, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path / MANIFEST)
+    fsync_dir(str(path))
+
+
+def doc_hash(chunks: list[Chunk]) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(json.dumps([c.id, c.text, c.index_prefix, c.meta], ensure_ascii=False, sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def collect_chunks(sources: Iterable[str | Path], size: int, overlap: int,
+                   warn: Warn) -> tuple[list[Chunk], dict[str, str]]:
+    """Read and chunk every record; return chunks and doc_id -> content hash. Duplicate ids fail."""
+    chunks: list[Chunk] = []
+    hashes: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for rec in _progress(read_paths(sources, warn), "reading"):
+        loc = f"{rec.meta.get('source_path', '?')}" + (f":{rec.meta['line']}" if "line" in rec.meta else "")
+        if rec.doc_id in where:
+            raise PicoragError(f"duplicate document id {rec.doc_id!r} in {where[rec.doc_id]} and {loc}")
+        where[rec.doc_id] = loc
+        cs = chunk_record(rec, size, overlap)
+        if not cs:
+            warn(f"{loc}: document {rec.doc_id!r} has no text, skipped")
+            continue
+        chunks.extend(cs)
+        hashes[rec.doc_id] = doc_hash(cs)
+    return chunks, hashes
+
+
+class KnowledgeBase:
+    """A searchable KB. Open one with `KnowledgeBase.open(path)`, make one with `.build`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], segments: list[Segment]):
+        self.path = path
+        self.manifest = manifest
+        self.segments = segments
+        self.analyzer = Analyzer.from_dict(manifest["analyzer"])
+        self.params = BM25Params(**manifest["bm25"])
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path) -> KnowledgeBase:
+        path = Path(path)
+        for attempt in range(3):
+            manifest = read_manifest(path)
+            try:
+                segs = [Segment.open(str(path / "segments"), e) for e in manifest["segments"]]
+                return cls(path, manifest, segs)
+            except FileNotFoundError as e:
+                # A writer may have committed and removed old files between our two reads: retry.
+                if attempt == 2:
+                    raise PicoragError(f"knowledge base at {path} is damaged: missing {e.filename}") from None
+            except (ValueError, KeyError, OSError) as e:
+                raise PicoragError(f"knowledge base at {path} is damaged ({type(e).__name__}: {e})") from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for s in self.segments:
+            s.close()
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, path: str | Path, sources: Iterable[str | Path], *, chunk_size: int = DEFAULT_SIZE,
+              overlap: int = DEFAULT_OVERLAP, bm25: BM25Params | None = None,
+              analyzer: Analyzer | None = None, warn: Warn | None = None) -> KnowledgeBase:
+        """Build a KB from files/directories; an existing KB at `path` is replaced atomically."""
+        path = Path(path)
+        warn = warn or (lambda m: None)
+        if path.exists() and not (path / MANIFEST).exists() and (not path.is_dir() or any(path.iterdir())):
+            raise PicoragError(f"{path} exists and is not a picorag knowledge base; refusing to overwrite it")
+        if (path / MANIFEST).exists():
+            read_manifest(path)  # refuse to replace a KB written by a newer version
+        if chunk_size < 1 or not 0 <= overlap < chunk_size:
+            raise PicoragError(f"need chunk size >= 1 and 0 <= overlap < size (got {chunk_size}, {overlap})")
+        chunks, hashes = collect_chunks(sources, chunk_size, overlap, warn)
+        if not chunks:
+            raise PicoragError("no documents with text found in the inputs")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "segments").mkdir(exist_ok=True)
+        with write_lock(path):
+            old = read_manifest(path) if (path / MANIFEST).exists() else {}
+            gen = old.get("generation", 0) + 1
+            manifest = {
+                "format": FORMAT, "version": FORMAT_VERSION, "generation": gen,
+                "next_segment": old.get("next_segment", 1),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "analyzer": (analyzer or Analyzer()).to_dict(), "bm25": (bm25 or BM25Params()).to_dict(),
+                "chunking": {"size": chunk_size, "overlap": overlap}, "segments": [],
+            }
+            entry = cls._new_segment(path, manifest, chunks, hashes, base_len=0, base_n=0)
+            manifest["segments"] = [entry]
+            cls._commit(path, manifest)
+        return cls.open(path)
+
+    @staticmethod
+    def _new_segment(path: Path, manifest: dict[str, Any], chunks: list[Chunk], hashes: dict[str, str],
+                     base_len: int, base_n: int) -> dict[str, Any]:
+        analyzer = Analyzer.from_dict(manifest["analyzer"])
+        tokens = [analyzer.tokenize(c.index_text) for c in _progress(chunks, "indexing")]
+        postings = Postings.from_tokens(tokens)
+        avgdl = (base_len + postings.total_len) / max(base_n + postings.n_docs, 1)
+        weights = postings.weights(BM25Params(**manifest["bm25"]), avgdl)
+        name = f"seg-{manifest['next_segment']:06d}"
+        manifest["next_segment"] += 1
+        return write_segment(str(path / "segments"), name, chunks, hashes, postings, weights)
+
+    @staticmethod
+    def _commit(path: Path, manifest: dict[str, Any]) -> None:
+        segs = manifest["segments"]
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest["counts"] = {"docs": sum(s["live_docs"] for s in segs),
+                              "chunks": sum(s["chunks"] - s["n_deleted"] for s in segs)}
+        try:
+            _write_manifest(path, manifest)
+        except OSError as e:
+            kind = "disk full" if e.errno == errno.ENOSPC else e.strerror
+            raise PicoragError(f"could not commit {path} ({kind}); the previous state is intact") from None
+        _collect_garbage(path, manifest)
+
+    def _reload(self) -> None:
+        """Re-open from the newest manifest (a writer must work on the latest committed state)."""
+        fresh = KnowledgeBase.open(self.path)
+        self.close()
+        self.__dict__.update(fresh.__dict__)
+
+    def add(self, sources: Iterable[str | Path], warn: Warn | None = None) -> dict[str, int]:
+        """Add documents: new ones are indexed, unchanged ones skipped, changed ones replaced."""
+        warn = warn or (lambda m: None)
+        ch = self.manifest["chunking"]
+        chunks, hashes = collect_chunks(sources, ch["size"], ch["overlap"], warn)
+        with write_lock(self.path):
+            self._reload()
+            existing = self._live_hashes(list(hashes))
+            unchanged = {d for d, h in hashes.items() if existing.get(d) == h}
+            replaced = [d for d in hashes if d in existing and d not in unchanged]
+            new_chunks = [c for c in chunks if c.doc_id not in unchanged]
+            stats = {"added": len(hashes) - len(unchanged) - len(replaced), "replaced": len(replaced),
+                     "unchanged": len(unchanged), "chunks": len(new_chunks)}
+            if not new_chunks:
+                return stats
+            manifest = json.loads(json.dumps(self.manifest))
+            manifest["generation"] += 1
+            self._tombstone(manifest, lambda seg: seg.store.rows_of_docs(replaced))
+            base_n = sum(s["chunks"] for s in manifest["segments"])
+            base_len = sum(s["total_len"] for s in manifest["segments"])
+            new_hashes = {d: h for d, h in hashes.items() if d not in unchanged}
+            manifest["segments"].append(self._new_segment(self.path, manifest, new_chunks, new_hashes,
+                                                          base_len, base_n))
+            self._commit(self.path, manifest)
+            self._reload()
+        return stats
+
+    def delete(self, doc_ids: Iterable[str] = (), chunk_ids: Iterable[str] = ()) -> dict[str, int]:
+        """Tombstone whole documents and/or single chunks. Unknown ids fail and nothing is written."""
+        doc_ids, chunk_ids = list(doc_ids), list(chunk_ids)
+        with write_lock(self.path):
+            self._reload()
+            live_docs = set(self._live_hashes(doc_ids))
+            live_chunks = {cid for seg in self.segments for cid, r in seg.store.rows_of_ids(chunk_ids).items()
+                           if seg.live[r]}
+            missing = [d for d in doc_ids if d not in live_docs] + [c for c in chunk_ids if c not in live_chunks]
+            if missing:
+                raise PicoragError(f"not in the knowledge base: {', '.join(map(repr, missing[:5]))}"
+                                   + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+            manifest = json.loads(json.dumps(self.manifest))
+            manifest["generation"] += 1
+            n = self._tombstone(manifest, lambda seg: seg.store.rows_of_docs(doc_ids)
+                                + list(seg.store.rows_of_ids(chunk_ids).values()))
+            self._commit(self.path, manifest)
+            self._reload()
+        return {"docs": len(doc_ids), "chunks": n}
+
+    def _tombstone(self, manifest: dict[str, Any], rows_of: Callable[[Segment], list[int]]) -> int:
+        """Mark rows dead in every segment (writing new tombstone files); return rows newly deleted."""
+        total = 0
+        for seg, entry in zip(self.segments, manifest["segments"], strict=False):
+            rows = rows_of(seg)
+            dead = ~seg.live
+            before = int(dead.sum())
+            dead[rows] = True
+            if int(dead.sum()) > before:
+                total += int(dead.sum()) - before
+                entry.update(seg.write_tombstones(dead, manifest["generation"]))
+        return total
+
+    def _live_hashes(self, doc_ids: list[str]) -> dict[str, str]:
+        """doc_id -> content hash for documents that still have live chunks."""
+        out: dict[str, str] = {}
+        for seg in self.segments:
+            for d, (h, first, n) in seg.store.docs_info(doc_ids).items():
+                if seg.live[first : first + n].any():  # a document's rows are contiguous
+                    out[d] = h
+        return out
+
+    def compact(self) -> dict[str, int]:
+        """Merge all segments into one, dropping deleted chunks; BM25 becomes exact again."""
+        with write_lock(self.path):
+            self._reload()
+            before = len(self.segments)
+            if before == 1 and self.segments[0].live.all():
+                return {"segments_before": 1, "segments_after": 1, "chunks": self.segments[0].n}
+            chunks: list[Chunk] = []
+            hashes: dict[str, str] = {}
+            for seg in self.segments:
+                for c in seg.store.iter_chunks():
+                    if seg.live[c["row"]]:
+                        chunks.append(Chunk(c["id"], c["doc_id"], c["text"], c["index_prefix"], c["meta"]))
+                hashes.update({d: h for d, h, _, _ in seg.store.doc_rows()})
+            hashes = {d: hashes[d] for d in dict.fromkeys(c.doc_id for c in chunks)}
+            postings = merge([(s.postings, s.live) for s in self.segments])
+            manifest = json.loads(json.dumps(self.manifest))
+            manifest["generation"] += 1
+            name = f"seg-{manifest['next_segment']:06d}"
+            manifest["next_segment"] += 1
+            weights = postings.weights(self.params, postings.total_len / max(postings.n_docs, 1))
+            manifest["segments"] = [write_segment(str(self.path / "segments"), name, chunks, hashes,
+                                                  postings, weights)]
+            self._commit(self.path, manifest)
+            self._reload()
+        return {"segments_before": before, "segments_after": 1, "chunks": len(chunks)}
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        segs = [{k: e[k] for k in ("name", "chunks", "docs", "n_deleted")}
+                | {"bytes": _dir_size(self.path / "segments" / e["name"])} for e in m["segments"]]
+        return {"path": str(self.path), "format_version": m["version"], "generation": m["generation"],
+                "docs": m["counts"]["docs"], "chunks": m["counts"]["chunks"], "segments": segs,
+                "size_bytes": sum(s["bytes"] for s in segs), "analyzer": m["analyzer"], "bm25": m["bm25"],
+                "chunking": m["chunking"], "created": m["created"], "updated": m["updated"]}
+
+    def search(self, query: str, k: int = 5, where: Where | None = None) -> list[Hit]:
+        """BM25 search; `where` keeps chunks whose metadata matches (same key: any of the values,
+        different keys: all), applied before ranking."""
+        if not query or not query.strip():
+            raise PicoragError("empty query")
+        if k < 1:
+            raise PicoragError(f"k must be at least 1 (got {k})")
+        terms = self.analyzer.tokenize(query)
+        dfs = {t: sum(s.postings.df(t) for s in self.segments) for t in set(terms)}
+        n_docs = sum(s.n for s in self.segments)
+        qw = query_weights(terms, dfs, n_docs, self.params)
+        found: list[tuple[float, int, int]] = []
+        for si, seg in enumerate(self.segments):
+            rows, scores = top_k(seg.postings, seg.weights, qw, k, self._allowed(seg, where))
+            found += [(float(s), si, int(r)) for r, s in zip(rows, scores, strict=True)]
+        found.sort(key=lambda t: (-t[0], t[1], t[2]))
+        return self._hits(found[:k])
+
+    def _allowed(self, seg: Segment, where: Where | None) -> np.ndarray:
+        mask = seg.live
+        for key, values in (where or {}).items():
+            vals = [values] if isinstance(values, str) else values
+            any_of = np.zeros(seg.n, dtype=bool)
+            for v in vals:
+                any_of |= seg.store.filter_rows(key, str(v), seg.n)
+            mask = mask & any_of
+        return mask
+
+    def _hits(self, found: list[tuple[float, int, int]]) -> list[Hit]:
+        by_seg: dict[int, list[int]] = {}
+        for _, si, row in found:
+            by_seg.setdefault(si, []).append(row)
+        rows = {(si, c["row"]): c for si, rs in by_seg.items() for c in self.segments[si].store.get(rs)}
+        hits = []
+        for score, si, row in found:
+            c = rows[(si, row)]
+            hits.append(Hit(c["id"], c["doc_id"], score, c["text"], c["meta"], citation(c["meta"])))
+        return hits
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _collect_garbage(path: Path, manifest: dict[str, Any]) -> None:
+    """Remove segment dirs and tombstone files the committed manifest no longer references."""
+    seg_root = path / "segments"
+    keep = {e["name"]: e.get("deleted") for e in manifest["segments"]}
+    for d in seg_root.iterdir():
+        if d.name not in keep:
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            for f in d.glob("del-*.npy"):
+                if f.name != keep[d.name]:
+                    f.unlink(missing_ok=True)

@@ -1,0 +1,99 @@
+"""One immutable segment of a KB: a directory with the chunk store and the index arrays.
+
+    segments/seg-000001/
+        chunks.sqlite          chunk id, doc_id, text, index prefix, metadata JSON (row = array index)
+        docs.npy               int32 doc number of each row (live-document counts without SQL)
+        bm25.*.npy, .json      term-major postings, tf, doc lengths, eager weights, vocabulary
+        del-000007.npy         tombstones: sorted rows deleted as of KB generation 7 (optional)
+
+A segment is written under a temporary name and renamed into place; nothing in it changes
+afterwards except that newer tombstone files may appear beside the old ones. The manifest says
+which tombstone file is current, so a reader never sees a half-applied delete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .bm25 import Postings
+from .records import Chunk
+from .store import Store, write_store
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_segment(seg_root: str, name: str, chunks: Sequence[Chunk], doc_hashes: dict[str, str],
+                  postings: Postings, weights: np.ndarray) -> dict[str, Any]:
+    """Write a complete segment atomically (temp dir + rename) and return its manifest entry."""
+    tmp = os.path.join(seg_root, f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write_store(os.path.join(tmp, "chunks.sqlite"), chunks, doc_hashes)
+    doc_num: dict[str, int] = {}
+    np.save(os.path.join(tmp, "docs.npy"),
+            np.array([doc_num.setdefault(c.doc_id, len(doc_num)) for c in chunks], dtype=np.int32))
+    postings.save(tmp, weights)
+    for f in os.listdir(tmp):
+        with open(os.path.join(tmp, f), "rb+") as fh:
+            os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    os.rename(tmp, os.path.join(seg_root, name))
+    fsync_dir(seg_root)
+    return {"name": name, "chunks": len(chunks), "docs": len(doc_num), "deleted": None,
+            "n_deleted": 0, "live_docs": len(doc_num), "total_len": postings.total_len}
+
+
+@dataclass
+class Segment:
+    """An open segment: its store, postings and the current live-row mask."""
+
+    name: str
+    directory: str
+    store: Store
+    postings: Postings
+    weights: np.ndarray
+    live: np.ndarray  # bool per row: False when tombstoned
+    doc_of_row: np.ndarray
+
+    @classmethod
+    def open(cls, seg_root: str, entry: dict[str, Any]) -> Segment:
+        d = os.path.join(seg_root, entry["name"])
+        postings, weights = Postings.load(d)
+        live = np.ones(entry["chunks"], dtype=bool)
+        if entry.get("deleted"):
+            live[np.load(os.path.join(d, entry["deleted"]))] = False
+        store = Store(os.path.join(d, "chunks.sqlite"))
+        return cls(entry["name"], d, store, postings, weights, live, np.load(os.path.join(d, "docs.npy")))
+
+    @property
+    def n(self) -> int:
+        return len(self.live)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def write_tombstones(self, dead: np.ndarray, generation: int) -> dict[str, Any]:
+        """Persist a new tombstone file for the rows in `dead` (a bool mask); return entry updates."""
+        name = f"del-{generation:06d}.npy"
+        path = os.path.join(self.directory, name)
+        with open(path, "wb") as f:
+            np.save(f, np.flatnonzero(dead).astype(np.int32))
+            f.flush()
+            os.fsync(f.fileno())
+        return {"deleted": name, "n_deleted": int(dead.sum()), **self.live_counts(~dead)}
+
+    def live_counts(self, live: np.ndarray | None = None) -> dict[str, int]:
+        live = self.live if live is None else live
+        return {"live_docs": int(np.unique(self.doc_of_row[live]).size)}
