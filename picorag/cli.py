@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-import textwrap
+import unicodedata
 from typing import Any
 
 from .records import PicoragError
@@ -94,8 +94,18 @@ def cmd_search(args: argparse.Namespace) -> None:
     if not hits:
         print("no results")
     for i, h in enumerate(hits, 1):
-        snippet = textwrap.shorten(" ".join(h.text.split()), 160, placeholder=" …")
-        print(f"{i}. [{h.score:.3f}] {h.citation}  ({h.id})\n   {snippet}")
+        print(f"{i}. [{h.score:.3f}] {h.citation}  ({h.id})\n   {snippet(h.text)}")
+
+
+def snippet(text: str, width: int = 160) -> str:
+    """One line of at most `width` terminal columns (a CJK character takes two)."""
+    out, used = [], 0
+    for ch in " ".join(text.split()):
+        used += 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if used > width - 2:
+            return "".join(out).rstrip() + " …"
+        out.append(ch)
+    return "".join(out)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

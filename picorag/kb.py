@@ -184,7 +184,8 @@ class KnowledgeBase:
         path.mkdir(parents=True, exist_ok=True)
         (path / "segments").mkdir(exist_ok=True)
         with write_lock(path):
-            old = read_manifest(path) if (path / MANIFEST).exists() else {}
+            old = read_manifest(path) if (path / MANIFEST).exists() else {"segments": []}
+            _collect_garbage(path, old)  # leftovers of a write that died before committing
             gen = old.get("generation", 0) + 1
             manifest = {
                 "format": FORMAT, "version": FORMAT_VERSION, "generation": gen,
@@ -224,10 +225,12 @@ class KnowledgeBase:
         _collect_garbage(path, manifest)
 
     def _reload(self) -> None:
-        """Re-open from the newest manifest (a writer must work on the latest committed state)."""
+        """Re-open from the newest manifest (a writer, holding the lock, must work on the latest
+        committed state) and drop leftovers of writes that died before committing."""
         fresh = KnowledgeBase.open(self.path)
         self.close()
         self.__dict__.update(fresh.__dict__)
+        _collect_garbage(self.path, self.manifest)
 
     def add(self, sources: Iterable[str | Path], warn: Warn | None = None) -> dict[str, int]:
         """Add documents: new ones are indexed, unchanged ones skipped, changed ones replaced."""

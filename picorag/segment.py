@@ -49,7 +49,9 @@ def write_segment(seg_root: str, name: str, chunks: Sequence[Chunk], doc_hashes:
         with open(os.path.join(tmp, f), "rb+") as fh:
             os.fsync(fh.fileno())
     fsync_dir(tmp)
-    os.rename(tmp, os.path.join(seg_root, name))
+    final = os.path.join(seg_root, name)
+    shutil.rmtree(final, ignore_errors=True)  # left by a write that died before committing
+    os.rename(tmp, final)
     fsync_dir(seg_root)
     return {"name": name, "chunks": len(chunks), "docs": len(doc_num), "deleted": None,
             "n_deleted": 0, "live_docs": len(doc_num), "total_len": postings.total_len}
