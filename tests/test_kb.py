@@ -184,3 +184,26 @@ def test_tombstones_are_per_generation_files(kb):
     seg = kb.manifest["segments"][0]
     dead = np.load(kb.path / "segments" / seg["name"] / seg["deleted"])
     assert dead.tolist() == [3]
+
+
+def test_build_killed_half_way_leaves_old_kb(kb, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    big = write_jsonl(tmp_path / "big.jsonl", [{"id": f"d{i}", "text": f"filler text number {i} " * 40}
+                                               for i in range(60000)])
+    before = kb.info()
+    p = subprocess.Popen([sys.executable, "-m", "picorag", "build", str(kb.path), "--from", str(big)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # mid-way through reading/indexing 60k documents (a build takes several seconds)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    after = KnowledgeBase.open(kb.path)
+    # all or nothing: the old KB, or (on a machine fast enough to finish first) the complete new one
+    if after.info()["docs"] == before["docs"]:
+        assert ids(after.search("carrier")) == ["dog-0"]
+    else:
+        assert after.info()["docs"] == 60000
+    after.add([write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls hunt."}])])
+    assert sorted(os.listdir(kb.path / "segments")) == [s["name"] for s in after.info()["segments"]]
