@@ -36,13 +36,18 @@ def parse_where(items: list[str] | None) -> dict[str, list[str]]:
     return where
 
 
+def search_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"mode": args.mode, "fusion": args.fusion, "recall_factor": args.recall_factor, "cut": args.cut,
+            "nprobe": args.nprobe}
+
+
 def cmd_build(args: argparse.Namespace) -> None:
     from .bm25 import BM25Params
     from .kb import KnowledgeBase
 
     params = BM25Params(k1=args.k1, b=args.b, method=args.bm25)
     kb = KnowledgeBase.build(args.kb, args.sources, chunk_size=args.chunk_size, overlap=args.overlap,
-                             bm25=params, warn=_warn)
+                             bm25=params, dense=args.dense, index=args.index, warn=_warn)
     info = kb.info()
     _emit(args, info, f"built {args.kb}: {info['docs']} documents, {info['chunks']} chunks")
 
@@ -50,7 +55,9 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_add(args: argparse.Namespace) -> None:
     from .kb import KnowledgeBase
 
-    stats = KnowledgeBase.open(args.kb).add(args.sources, warn=_warn)
+    if not args.sources and not args.dense:
+        raise PicoragError("nothing to add: give files/directories, or --dense MODEL to add vectors")
+    stats = KnowledgeBase.open(args.kb).add(args.sources, warn=_warn, dense=args.dense, index=args.index)
     _emit(args, stats, "added {added}, replaced {replaced}, unchanged {unchanged} documents "
                        "({chunks} chunks written)".format(**stats))
 
@@ -86,7 +93,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     from .kb import KnowledgeBase
 
-    hits = KnowledgeBase.open(args.kb).search(args.query, k=args.k, where=parse_where(args.where))
+    hits = KnowledgeBase.open(args.kb).search(args.query, k=args.k, where=parse_where(args.where),
+                                              **search_options(args))
     if args.json:
         _emit(args, [{"id": h.id, "score": h.score, "text": h.text, "meta": h.meta, "citation": h.citation}
                      for h in hits], "")
@@ -116,7 +124,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     kb = KnowledgeBase.open(args.kb)
     match = [m.strip() for m in args.match.split(",") if m.strip()]
-    res = evaluate(lambda q, n: kb.search(q, k=n), args.dataset, k=args.k, match=match,
+    opts = search_options(args)
+    res = evaluate(lambda q, n: kb.search(q, k=n, **opts), args.dataset, k=args.k, match=match,
                    progress=lambda it: tqdm(it, desc="eval", disable=None, leave=False))
     keys = [f"hit@{args.k}", f"mrr@{args.k}", "ndcg@10", "recall@100"]
     lines = [f"{res['n']} queries, {res['qps']:.0f} q/s: " + "  ".join(f"{key} {res[key]:.4f}" for key in keys)]
@@ -129,6 +138,19 @@ def cmd_micro(args: argparse.Namespace) -> int:
     from . import micro
 
     return micro.main(args.rest)
+
+
+def dense_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dense", metavar="MODEL", help="also store vectors: auto, minilm, e5-small or a model dir")
+    sp.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivfpq"], help="vector index (default flat)")
+
+
+def mode_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--mode", choices=["bm25", "dense", "hybrid"], help="default: hybrid when the KB has vectors")
+    sp.add_argument("--fusion", default="rrf", choices=["rrf", "weighted"], help="hybrid fusion (default rrf)")
+    sp.add_argument("--recall-factor", type=int, default=4, help="candidates per retriever = k x this (default 4)")
+    sp.add_argument("--cut", type=float, default=0.2, help="drop candidates below this x the top score (0.2)")
+    sp.add_argument("--nprobe", type=int, help="IVF lists to probe (ivfpq index)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k1", type=float, default=1.5)
     sp.add_argument("--b", type=float, default=0.75)
     sp.add_argument("--bm25", default="lucene", choices=["lucene", "robertson"], help="BM25 variant")
+    dense_args(sp)
 
-    sp = command("add", cmd_add, "add or update documents without rebuilding")
-    sp.add_argument("sources", nargs="+", metavar="PATH")
+    sp = command("add", cmd_add, "add or update documents without rebuilding (or give a KB vectors)")
+    sp.add_argument("sources", nargs="*", metavar="PATH")
+    dense_args(sp)
 
     sp = command("delete", cmd_delete, "delete documents or single chunks")
     sp.add_argument("--doc-id", action="append", metavar="ID")
@@ -166,11 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     sp.add_argument("--where", action="append", metavar="KEY=VALUE",
                     help="metadata filter; repeat a key for any-of, different keys must all match")
+    mode_args(sp)
 
     sp = command("eval", cmd_eval, "measure retrieval on a BEIR directory or a gold JSONL")
     sp.add_argument("--dataset", required=True, metavar="PATH")
     sp.add_argument("-k", type=int, default=5)
     sp.add_argument("--match", default="law,article", help="gold keys a hit must match (default law,article)")
+    mode_args(sp)
 
     sp = command("micro", cmd_micro, "the dependency-free teaching RAG (pure Python)", kb=False)
     sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for picorag.micro")

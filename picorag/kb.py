@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 
 from .analyze import Analyzer
-from .bm25 import BM25Params, Postings, merge, query_weights, top_k
+from .bm25 import BM25Params, Postings, merge
 from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE, chunk_record
-from .cite import citation
+from .encoders import Encoder, auto_encoder_name, embed, load_encoder
 from .ingest import read_paths
 from .records import Chunk, Hit, PicoragError
 from .segment import Segment, fsync_dir, write_segment
+from .vectors import KINDS, make_index
 
 FORMAT = "picorag-kb"
 FORMAT_VERSION = 1
@@ -134,6 +135,7 @@ class KnowledgeBase:
         self.segments = segments
         self.analyzer = Analyzer.from_dict(manifest["analyzer"])
         self.params = BM25Params(**manifest["bm25"])
+        self._encoder: Encoder | None = None
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -168,8 +170,11 @@ class KnowledgeBase:
     @classmethod
     def build(cls, path: str | Path, sources: Iterable[str | Path], *, chunk_size: int = DEFAULT_SIZE,
               overlap: int = DEFAULT_OVERLAP, bm25: BM25Params | None = None,
-              analyzer: Analyzer | None = None, warn: Warn | None = None) -> KnowledgeBase:
-        """Build a KB from files/directories; an existing KB at `path` is replaced atomically."""
+              analyzer: Analyzer | None = None, dense: str | None = None, index: str = "flat",
+              warn: Warn | None = None) -> KnowledgeBase:
+        """Build a KB from files/directories; an existing KB at `path` is replaced atomically.
+        `dense` names an encoder ("auto", "minilm", "e5-small" or a model directory) to also
+        store vectors, searched through `index` ("flat", "hnsw" or "ivfpq")."""
         path = Path(path)
         warn = warn or (lambda m: None)
         if path.exists() and not (path / MANIFEST).exists() and (not path.is_dir() or any(path.iterdir())):
@@ -178,9 +183,12 @@ class KnowledgeBase:
             read_manifest(path)  # refuse to replace a KB written by a newer version
         if chunk_size < 1 or not 0 <= overlap < chunk_size:
             raise PicoragError(f"need chunk size >= 1 and 0 <= overlap < size (got {chunk_size}, {overlap})")
+        if index not in KINDS:
+            raise PicoragError(f"unknown index {index!r}; choose one of {', '.join(KINDS)}")
         chunks, hashes = collect_chunks(sources, chunk_size, overlap, warn)
         if not chunks:
             raise PicoragError("no documents with text found in the inputs")
+        dense_cfg = _dense_config(dense, index, [c.text for c in chunks[:: max(1, len(chunks) // 200)]])
         path.mkdir(parents=True, exist_ok=True)
         (path / "segments").mkdir(exist_ok=True)
         with write_lock(path):
@@ -192,7 +200,7 @@ class KnowledgeBase:
                 "next_segment": old.get("next_segment", 1),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "analyzer": (analyzer or Analyzer()).to_dict(), "bm25": (bm25 or BM25Params()).to_dict(),
-                "chunking": {"size": chunk_size, "overlap": overlap}, "segments": [],
+                "chunking": {"size": chunk_size, "overlap": overlap}, "dense": dense_cfg, "segments": [],
             }
             entry = cls._new_segment(path, manifest, chunks, hashes, base_len=0, base_n=0)
             manifest["segments"] = [entry]
@@ -207,9 +215,13 @@ class KnowledgeBase:
         postings = Postings.from_tokens(tokens)
         avgdl = (base_len + postings.total_len) / max(base_n + postings.n_docs, 1)
         weights = postings.weights(BM25Params(**manifest["bm25"]), avgdl)
+        vectors = None
+        if manifest.get("dense"):
+            encoder = check_encoder(load_encoder(manifest["dense"]["model"]), manifest["dense"])
+            vectors = make_index(embed(encoder, [c.index_text for c in chunks]), manifest["dense"])
         name = f"seg-{manifest['next_segment']:06d}"
         manifest["next_segment"] += 1
-        return write_segment(str(path / "segments"), name, chunks, hashes, postings, weights)
+        return write_segment(str(path / "segments"), name, chunks, hashes, postings, weights, vectors)
 
     @staticmethod
     def _commit(path: Path, manifest: dict[str, Any]) -> None:
@@ -232,13 +244,17 @@ class KnowledgeBase:
         self.__dict__.update(fresh.__dict__)
         _collect_garbage(self.path, self.manifest)
 
-    def add(self, sources: Iterable[str | Path], warn: Warn | None = None) -> dict[str, int]:
-        """Add documents: new ones are indexed, unchanged ones skipped, changed ones replaced."""
+    def add(self, sources: Iterable[str | Path] = (), warn: Warn | None = None, dense: str | None = None,
+            index: str = "flat") -> dict[str, int]:
+        """Add documents: new ones are indexed, unchanged ones skipped, changed ones replaced.
+        `dense` gives a KB without vectors its vectors (all existing chunks are embedded)."""
         warn = warn or (lambda m: None)
         ch = self.manifest["chunking"]
         chunks, hashes = collect_chunks(sources, ch["size"], ch["overlap"], warn)
         with write_lock(self.path):
             self._reload()
+            if dense is not None:
+                self._enable_dense(dense, index)
             existing = self._live_hashes(list(hashes))
             unchanged = {d for d, h in hashes.items() if existing.get(d) == h}
             replaced = [d for d in hashes if d in existing and d not in unchanged]
@@ -258,6 +274,24 @@ class KnowledgeBase:
             self._commit(self.path, manifest)
             self._reload()
         return stats
+
+    def _enable_dense(self, dense: str, index: str) -> None:
+        current = self.manifest.get("dense")
+        if current is not None:
+            if dense not in ("auto", current["model"]):
+                raise PicoragError(f"{self.path} already has vectors from {current['model']}; to use {dense}, "
+                                   f"rebuild with: picorag build {self.path} --from … --dense {dense}")
+            return
+        sample = [c["text"] for s in self.segments for c in s.store.get(list(range(0, s.n, max(1, s.n // 100))))]
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["generation"] += 1
+        manifest["dense"] = _dense_config(dense, index, sample)
+        encoder = check_encoder(load_encoder(manifest["dense"]["model"]), manifest["dense"])
+        for seg, entry in zip(self.segments, manifest["segments"], strict=True):
+            texts = [c["index_prefix"] + c["text"] for c in seg.store.iter_chunks()]
+            entry.update(seg.write_vectors(make_index(embed(encoder, texts), manifest["dense"])))
+        self._commit(self.path, manifest)
+        self._reload()
 
     def delete(self, doc_ids: Iterable[str] = (), chunk_ids: Iterable[str] = ()) -> dict[str, int]:
         """Tombstone whole documents and/or single chunks. Unknown ids fail and nothing is written."""
@@ -310,6 +344,10 @@ class KnowledgeBase:
                 return {"segments_before": 1, "segments_after": 1, "chunks": self.segments[0].n}
             chunks: list[Chunk] = []
             hashes: dict[str, str] = {}
+            vectors = None
+            if self.manifest.get("dense"):
+                parts = [np.asarray(s.vectors.vectors)[s.live] for s in self.segments]
+                vectors = make_index(np.concatenate(parts), self.manifest["dense"])
             for seg in self.segments:
                 for c in seg.store.iter_chunks():
                     if seg.live[c["row"]]:
@@ -323,7 +361,7 @@ class KnowledgeBase:
             manifest["next_segment"] += 1
             weights = postings.weights(self.params, postings.total_len / max(postings.n_docs, 1))
             manifest["segments"] = [write_segment(str(self.path / "segments"), name, chunks, hashes,
-                                                  postings, weights)]
+                                                  postings, weights, vectors)]
             self._commit(self.path, manifest)
             self._reload()
         return {"segments_before": before, "segments_after": 1, "chunks": len(chunks)}
@@ -337,46 +375,45 @@ class KnowledgeBase:
         return {"path": str(self.path), "format_version": m["version"], "generation": m["generation"],
                 "docs": m["counts"]["docs"], "chunks": m["counts"]["chunks"], "segments": segs,
                 "size_bytes": sum(s["bytes"] for s in segs), "analyzer": m["analyzer"], "bm25": m["bm25"],
-                "chunking": m["chunking"], "created": m["created"], "updated": m["updated"]}
+                "chunking": m["chunking"], "dense": m.get("dense"), "created": m["created"],
+                "updated": m["updated"]}
 
-    def search(self, query: str, k: int = 5, where: Where | None = None) -> list[Hit]:
-        """BM25 search; `where` keeps chunks whose metadata matches (same key: any of the values,
-        different keys: all), applied before ranking."""
-        if not query or not query.strip():
-            raise PicoragError("empty query")
-        if k < 1:
-            raise PicoragError(f"k must be at least 1 (got {k})")
-        terms = self.analyzer.tokenize(query)
-        dfs = {t: sum(s.postings.df(t) for s in self.segments) for t in set(terms)}
-        n_docs = sum(s.n for s in self.segments)
-        qw = query_weights(terms, dfs, n_docs, self.params)
-        found: list[tuple[float, int, int]] = []
-        for si, seg in enumerate(self.segments):
-            rows, scores = top_k(seg.postings, seg.weights, qw, k, self._allowed(seg, where))
-            found += [(float(s), si, int(r)) for r, s in zip(rows, scores, strict=True)]
-        found.sort(key=lambda t: (-t[0], t[1], t[2]))
-        return self._hits(found[:k])
+    def search(self, query: str, k: int = 5, where: Where | None = None, mode: str | None = None,
+               **options: Any) -> list[Hit]:
+        """The k best chunks. `mode`: bm25, dense or hybrid (default: hybrid when the KB has
+        vectors); `where` filters metadata before ranking; other options: see retrieve.Options."""
+        from .retrieve import Options, search
 
-    def _allowed(self, seg: Segment, where: Where | None) -> np.ndarray:
-        mask = seg.live
-        for key, values in (where or {}).items():
-            vals = [values] if isinstance(values, str) else values
-            any_of = np.zeros(seg.n, dtype=bool)
-            for v in vals:
-                any_of |= seg.store.filter_rows(key, str(v), seg.n)
-            mask = mask & any_of
-        return mask
+        return search(self, query, k, where, Options(mode=mode, **options))
 
-    def _hits(self, found: list[tuple[float, int, int]]) -> list[Hit]:
-        by_seg: dict[int, list[int]] = {}
-        for _, si, row in found:
-            by_seg.setdefault(si, []).append(row)
-        rows = {(si, c["row"]): c for si, rs in by_seg.items() for c in self.segments[si].store.get(rs)}
-        hits = []
-        for score, si, row in found:
-            c = rows[(si, row)]
-            hits.append(Hit(c["id"], c["doc_id"], score, c["text"], c["meta"], citation(c["meta"])))
-        return hits
+    def encoder(self) -> Encoder:
+        """The KB's own encoder (loaded once); a model whose dimension differs is refused."""
+        if self._encoder is None:
+            dense = self.manifest.get("dense")
+            if dense is None:
+                raise PicoragError(f"{self.path} has no vectors; add them with: picorag add {self.path} --dense auto")
+            self._encoder = check_encoder(load_encoder(dense["model"]), dense)
+        return self._encoder
+
+
+def check_encoder(encoder: Encoder, dense: dict[str, Any]) -> Encoder:
+    if encoder.dim != dense["dim"]:
+        raise PicoragError(f"encoder {encoder.name} gives {encoder.dim}-d vectors but the KB was embedded with "
+                           f"{dense['model']} ({dense['dim']}-d)")
+    return encoder
+
+
+def _dense_config(dense: str | None, index: str, sample: list[str]) -> dict[str, Any] | None:
+    """The manifest's "dense" entry: which encoder, its dimension, which index kind."""
+    if dense is None:
+        return None
+    if index not in KINDS:
+        raise PicoragError(f"unknown index {index!r}; choose one of {', '.join(KINDS)}")
+    name = auto_encoder_name(sample) if dense == "auto" else dense
+    if Path(name).expanduser().is_dir():
+        name = str(Path(name).expanduser().resolve())  # a KB must find its model from any directory
+    encoder = load_encoder(name)
+    return {"model": name, "dim": encoder.dim, "index": index}
 
 
 def _dir_size(path: Path) -> int:

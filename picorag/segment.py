@@ -24,6 +24,7 @@ import numpy as np
 from .bm25 import Postings
 from .records import Chunk
 from .store import Store, write_store
+from .vectors import VectorIndex
 
 
 def fsync_dir(path: str) -> None:
@@ -35,7 +36,7 @@ def fsync_dir(path: str) -> None:
 
 
 def write_segment(seg_root: str, name: str, chunks: Sequence[Chunk], doc_hashes: dict[str, str],
-                  postings: Postings, weights: np.ndarray) -> dict[str, Any]:
+                  postings: Postings, weights: np.ndarray, vectors: VectorIndex | None = None) -> dict[str, Any]:
     """Write a complete segment atomically (temp dir + rename) and return its manifest entry."""
     tmp = os.path.join(seg_root, f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -45,6 +46,8 @@ def write_segment(seg_root: str, name: str, chunks: Sequence[Chunk], doc_hashes:
     np.save(os.path.join(tmp, "docs.npy"),
             np.array([doc_num.setdefault(c.doc_id, len(doc_num)) for c in chunks], dtype=np.int32))
     postings.save(tmp, weights)
+    if vectors is not None:
+        vectors.save(tmp)
     for f in os.listdir(tmp):
         with open(os.path.join(tmp, f), "rb+") as fh:
             os.fsync(fh.fileno())
@@ -54,7 +57,8 @@ def write_segment(seg_root: str, name: str, chunks: Sequence[Chunk], doc_hashes:
     os.rename(tmp, final)
     fsync_dir(seg_root)
     return {"name": name, "chunks": len(chunks), "docs": len(doc_num), "deleted": None,
-            "n_deleted": 0, "live_docs": len(doc_num), "total_len": postings.total_len}
+            "n_deleted": 0, "live_docs": len(doc_num), "total_len": postings.total_len,
+            "dense": None if vectors is None else vectors.params}
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Segment:
     weights: np.ndarray
     live: np.ndarray  # bool per row: False when tombstoned
     doc_of_row: np.ndarray
+    vectors: VectorIndex | None = None
 
     @classmethod
     def open(cls, seg_root: str, entry: dict[str, Any]) -> Segment:
@@ -76,8 +81,9 @@ class Segment:
         live = np.ones(entry["chunks"], dtype=bool)
         if entry.get("deleted"):
             live[np.load(os.path.join(d, entry["deleted"]))] = False
+        vectors = VectorIndex.load(d, entry["dense"]) if entry.get("dense") else None
         store = Store(os.path.join(d, "chunks.sqlite"))
-        return cls(entry["name"], d, store, postings, weights, live, np.load(os.path.join(d, "docs.npy")))
+        return cls(entry["name"], d, store, postings, weights, live, np.load(os.path.join(d, "docs.npy")), vectors)
 
     @property
     def n(self) -> int:
@@ -85,6 +91,20 @@ class Segment:
 
     def close(self) -> None:
         self.store.close()
+
+    def write_vectors(self, vectors: VectorIndex) -> dict[str, Any]:
+        """Give an existing segment vectors (new files beside the old ones); return entry updates."""
+        tmp = os.path.join(self.directory, ".tmp-vectors")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        vectors.save(tmp)
+        for f in os.listdir(tmp):
+            with open(os.path.join(tmp, f), "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(os.path.join(tmp, f), os.path.join(self.directory, f))
+        os.rmdir(tmp)
+        fsync_dir(self.directory)
+        return {"dense": vectors.params}
 
     def write_tombstones(self, dead: np.ndarray, generation: int) -> dict[str, Any]:
         """Persist a new tombstone file for the rows in `dead` (a bool mask); return entry updates."""

@@ -1,0 +1,144 @@
+"""Query -> ranked hits: BM25, dense, or both fused, with metadata filters applied before top-k.
+
+    bm25    sparse term matching (bm25.py), exact
+    dense   cosine similarity of encoder vectors (vectors.py)
+    hybrid  each retriever recalls k x recall_factor candidates, drops its weak tail (dynamic cut),
+            then RRF or weighted fusion (fusion.py); optionally a reranker reorders the fused list
+
+>>> from picorag import KnowledgeBase                                  # doctest: +SKIP
+>>> search(KnowledgeBase.open("kb"), "违约责任", k=3, mode="hybrid")      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from .bm25 import query_weights, top_k
+from .cite import citation
+from .fusion import Ranked, dynamic_cut, rrf, weighted
+from .records import Hit, PicoragError
+
+if TYPE_CHECKING:
+    from .kb import KnowledgeBase
+    from .segment import Segment
+
+MODES = ("bm25", "dense", "hybrid")
+FUSIONS = ("rrf", "weighted")
+Where = dict[str, str | list[str]]
+
+
+class Reranker(Protocol):
+    name: str
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class Options:
+    """How a search runs. Defaults follow tiny-rag-advanced's measured settings."""
+
+    mode: str | None = None  # None: hybrid when the KB has vectors, else bm25
+    fusion: str = "rrf"
+    recall_factor: int = 4
+    rrf_k: int = 60
+    cut: float = 0.2  # dynamic filter: keep candidates scoring >= cut x the top score
+    dense_weight: float = 0.5  # for weighted fusion; BM25 gets 1 - dense_weight
+    nprobe: int | None = None  # IVF lists probed (default from the index)
+    reranker: Reranker | None = None
+
+
+def allowed(seg: Segment, where: Where | None) -> np.ndarray:
+    """Live rows whose metadata matches: same key -> any of the values; different keys -> all."""
+    mask = seg.live
+    for key, values in (where or {}).items():
+        any_of = np.zeros(seg.n, dtype=bool)
+        for v in [values] if isinstance(values, str) else values:
+            any_of |= seg.store.filter_rows(key, str(v), seg.n)
+        mask = mask & any_of
+    return mask
+
+
+def bm25_ranked(kb: KnowledgeBase, query: str, n: int, where: Where | None = None) -> Ranked:
+    terms = kb.analyzer.tokenize(query)
+    dfs = {t: sum(s.postings.df(t) for s in kb.segments) for t in set(terms)}
+    qw = query_weights(terms, dfs, sum(s.n for s in kb.segments), kb.params)
+    found: Ranked = []
+    for si, seg in enumerate(kb.segments):
+        rows, scores = top_k(seg.postings, seg.weights, qw, n, allowed(seg, where))
+        found += [((si, int(r)), float(s)) for r, s in zip(rows, scores, strict=True)]
+    return _best(found, n)
+
+
+def dense_ranked(kb: KnowledgeBase, query: str, n: int, where: Where | None = None,
+                 nprobe: int | None = None) -> Ranked:
+    q = kb.encoder().encode([query], kind="query")[0]
+    found: Ranked = []
+    for si, seg in enumerate(kb.segments):
+        rows, scores = seg.vectors.search(q, n, allowed(seg, where), nprobe)
+        found += [((si, int(r)), float(s)) for r, s in zip(rows, scores, strict=True)]
+    return _best(found, n)
+
+
+def _best(found: Ranked, n: int) -> Ranked:
+    found.sort(key=lambda t: (-t[1], t[0]))  # ties broken by (segment, row): deterministic
+    return found[:n]
+
+
+def resolve_mode(kb: KnowledgeBase, mode: str | None) -> str:
+    has_dense = kb.manifest.get("dense") is not None
+    mode = mode or ("hybrid" if has_dense else "bm25")
+    if mode not in MODES:
+        raise PicoragError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode != "bm25" and not has_dense:
+        raise PicoragError(f"{kb.path} has no vectors, so --mode {mode} cannot run; add them with: "
+                           f"picorag add {kb.path} --dense auto (or rebuild with --dense auto)")
+    return mode
+
+
+def search(kb: KnowledgeBase, query: str, k: int = 5, where: Where | None = None,
+           options: Options | None = None) -> list[Hit]:
+    """The k best chunks for `query` under `options` (mode, fusion, reranker)."""
+    o = options or Options()
+    if not query or not query.strip():
+        raise PicoragError("empty query")
+    if k < 1:
+        raise PicoragError(f"k must be at least 1 (got {k})")
+    if o.fusion not in FUSIONS:
+        raise PicoragError(f"unknown fusion {o.fusion!r}; choose one of {', '.join(FUSIONS)}")
+    mode = resolve_mode(kb, o.mode)
+    pool = k * max(o.recall_factor, 1) if (mode == "hybrid" or o.reranker) else k
+    if mode == "bm25":
+        ranked = bm25_ranked(kb, query, pool, where)
+    elif mode == "dense":
+        ranked = dense_ranked(kb, query, pool, where, o.nprobe)
+    else:
+        lists = [dynamic_cut(bm25_ranked(kb, query, pool, where), o.cut),
+                 dynamic_cut(dense_ranked(kb, query, pool, where, o.nprobe), o.cut)]
+        ranked = (rrf(lists, o.rrf_k) if o.fusion == "rrf"
+                  else weighted(lists, [1.0 - o.dense_weight, o.dense_weight]))
+    hits = to_hits(kb, ranked[:pool])
+    if o.reranker is not None and hits:
+        scores = o.reranker.score(query, [h.text for h in hits])
+        order = np.lexsort((np.arange(len(hits)), -np.asarray(scores, dtype=np.float64)))
+        for i in order:
+            hits[i].score = float(scores[i])
+        hits = [hits[i] for i in order]
+    return hits[:k]
+
+
+def to_hits(kb: KnowledgeBase, ranked: Ranked) -> list[Hit]:
+    """Fetch text and metadata for ranked (segment, row) keys, one query per segment."""
+    by_seg: dict[int, list[int]] = {}
+    for (si, row), _ in ranked:
+        by_seg.setdefault(si, []).append(row)
+    rows: dict[tuple[int, int], dict[str, Any]] = {
+        (si, c["row"]): c for si, rs in by_seg.items() for c in kb.segments[si].store.get(rs)}
+    hits = []
+    for (si, row), score in ranked:
+        c = rows[(si, row)]
+        hits.append(Hit(c["id"], c["doc_id"], score, c["text"], c["meta"], citation(c["meta"])))
+    return hits
