@@ -15,6 +15,7 @@ loops are `sum(map(mul, row, col))`, which runs in C: the same ideas, a few hund
 """
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -105,17 +106,14 @@ def tanh(a: Mat) -> Mat:
     return _ew(a, math.tanh, lambda x, y: 1.0 - y * y)
 
 
-_K = math.sqrt(2.0 / math.pi)
-
-
-def _dgelu(x: float, y: float) -> float:
-    t = math.tanh(_K * (x + 0.044715 * x ** 3))
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _K * (1.0 + 3 * 0.044715 * x * x)
-
-
 def gelu(a: Mat) -> Mat:
-    """GELU (tanh approximation, as in GPT-2), element-wise."""
-    return _ew(a, lambda x: 0.5 * x * (1.0 + math.tanh(_K * (x + 0.044715 * x ** 3))), _dgelu)
+    """GELU (tanh approximation, as in GPT-2), element-wise: a smooth ReLU."""
+    k = math.sqrt(2.0 / math.pi)
+
+    def df(x: float, y: float) -> float:
+        t = math.tanh(k * (x + 0.044715 * x ** 3))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x)
+    return _ew(a, lambda x: 0.5 * x * (1.0 + math.tanh(k * (x + 0.044715 * x ** 3))), df)
 
 
 def log(a: Mat) -> Mat:
@@ -123,28 +121,25 @@ def log(a: Mat) -> Mat:
     return _ew(a, math.log, lambda x, y: 1.0 / x)
 
 
-def rmsnorm(a: Mat, eps: float = 1e-5) -> Mat:
-    """Each row divided by its root-mean-square: keeps activations at unit scale, no parameters."""
-    inv = [1.0 / math.sqrt(sum(map(mul, r, r)) / len(r) + eps) for r in a.data]
+def _unit_rows(a: Mat, mean: bool, eps: float) -> Mat:
+    # y = x / sqrt(sum(x^2)/k + eps), with k = row length (RMSNorm) or 1 (unit length).
+    # Backward: dx = (g - y * (g . y) / k) / sqrt(...): the part of g that would change the length is removed.
+    k = len(a.data[0]) if mean else 1
+    inv = [1.0 / math.sqrt(sum(map(mul, r, r)) / k + eps) for r in a.data]
     out = Mat([[x * s for x in r] for r, s in zip(a.data, inv)], (a,))
-
-    def back(g: Rows) -> None:             # dx = (g - y * mean(g * y)) / rms
-        a.acc([[s * (gi - yi * m) for gi, yi in zip(gr, yr)]
-               for gr, yr, s in zip(g, out.data, inv) for m in [sum(map(mul, gr, yr)) / len(yr)]])
-    out.back = back
+    out.back = lambda g: a.acc([[s * (gi - yi * m) for gi, yi in zip(gr, yr)]
+                                for gr, yr, s in zip(g, out.data, inv) for m in [sum(map(mul, gr, yr)) / k]])
     return out
+
+
+def rmsnorm(a: Mat) -> Mat:
+    """Each row divided by its root-mean-square: keeps activations at unit scale, no parameters."""
+    return _unit_rows(a, True, 1e-5)
 
 
 def normalize(a: Mat) -> Mat:
     """Each row scaled to unit length, so a dot product of two rows is their cosine similarity."""
-    inv = [1.0 / (math.sqrt(sum(map(mul, r, r))) + 1e-12) for r in a.data]
-    out = Mat([[x * s for x in r] for r, s in zip(a.data, inv)], (a,))
-
-    def back(g: Rows) -> None:             # dx = (g - y * (g . y)) / |x|
-        a.acc([[s * (gi - yi * m) for gi, yi in zip(gr, yr)]
-               for gr, yr, s in zip(g, out.data, inv) for m in [sum(map(mul, gr, yr))]])
-    out.back = back
-    return out
+    return _unit_rows(a, False, 1e-24)
 
 
 def softmax(a: Mat, causal: int | None = None) -> Mat:
@@ -156,12 +151,9 @@ def softmax(a: Mat, causal: int | None = None) -> Mat:
         e = [math.exp(x - m) for x in r[:n]]
         s = sum(e)
         rows.append([x / s for x in e] + [0.0] * (len(r) - n))
-    out = Mat(rows, (a,))
-
-    def back(g: Rows) -> None:             # dx = y * (g - g . y)
-        a.acc([[yi * (gi - d) for gi, yi in zip(gr, yr)]
-               for gr, yr in zip(g, out.data) for d in [sum(map(mul, gr, yr))]])
-    out.back = back
+    out = Mat(rows, (a,))                  # backward: dx = y * (g - g . y)
+    out.back = lambda g: a.acc([[yi * (gi - d) for gi, yi in zip(gr, yr)]
+                                for gr, yr in zip(g, out.data) for d in [sum(map(mul, gr, yr))]])
     return out
 
 
@@ -185,8 +177,9 @@ def cross_entropy(logits: Mat, targets: list[int]) -> Mat:
     return scale(total(log(pick(softmax(logits), targets))), -1.0 / len(targets))
 
 
-def backward(loss: Mat) -> None:
-    """Visit the graph in reverse topological order so every node's gradient is complete before use."""
+def backward(loss: Mat, grad: Rows | None = None) -> None:
+    """Fill .grad of everything loss depends on (grad: the seed, 1 for a scalar loss). Nodes are visited
+    in reverse topological order, so a node's gradient is complete before it is passed on."""
     order: list[Mat] = []
     seen: set[int] = set()
 
@@ -197,7 +190,7 @@ def backward(loss: Mat) -> None:
                 visit(p)
             order.append(t)
     visit(loss)
-    loss.grad = [[1.0]]
+    loss.grad = grad or [[1.0]]
     for t in reversed(order):
         if t.back is not None and t.grad is not None:
             t.back(t.grad)
@@ -284,12 +277,11 @@ class Retriever:
     def search(self, question: str, docs: list[str]) -> tuple[int, float]:
         """Index and cosine of the best document."""
         sims = matmul(self.encode([question], True), self.encode(docs, False)).data[0]
-        best = max(range(len(docs)), key=sims.__getitem__)
-        return best, sims[best]
+        return max(enumerate(sims), key=lambda t: t[1])
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Generator: a character-level GPT reading "document <sep> question <sep>" and writing the answer
+# 4. Generator: a character-level GPT reading "question <sep> document <sep>" and writing the answer
 # ----------------------------------------------------------------------------------------------
 SEP, EOS, UNK = 0, 1, 2
 CHARS = sorted({c for f in FACTS for text in f for c in text})
@@ -306,12 +298,16 @@ def decode(ids: list[int]) -> str:
     return "".join(CHARS[i - 3] for i in ids if i > UNK)
 
 
-def prompt(doc: str, question: str) -> list[int]:
-    """The generator's input: retrieved context first, then the question."""
-    return encode(question) + [SEP] + encode(doc) + [SEP]
-
-
+# Prompts are right-aligned at position PROMPT_LEN (as if left-padded): the answer always starts at the
+# same position and the document always sits just before it, whatever the question's length. Trained
+# with damaged questions, the model learns to read the answer off the document, so it also answers
+# paraphrases it has never seen. Longer questions are cut from the left.
 PROMPT_LEN = 40
+
+
+def prompt(doc: str, question: str) -> list[int]:
+    """The generator's input: the question, then the retrieved document."""
+    return (encode(question) + [SEP] + encode(doc) + [SEP])[-PROMPT_LEN:]
 
 
 @dataclass
@@ -393,7 +389,6 @@ class Config:
     gen_steps: int = 120
     gen_batch: int = 4
     gen_lr: float = 0.01
-    log_every: int = 20
 
 
 def _lr(base: float, step: int, steps: int) -> float:
@@ -426,7 +421,7 @@ def train(cfg: Config, say: Callable[[str], None] = print) -> tuple[Retriever, G
         loss = ret.loss(queries, [*range(len(DOCS))] * 2, DOCS, cfg.temperature)
         backward(loss)
         opt.step(_lr(cfg.ret_lr, step, cfg.ret_steps))
-        if step % cfg.log_every == 0 or step == cfg.ret_steps - 1:
+        if step % 20 == 0 or step == cfg.ret_steps - 1:
             say(f"retriever step {step:4d} | InfoNCE {loss.data[0][0]:.4f} | {time.perf_counter() - t0:5.1f}s")
     gpt = GPT(GPTConfig(), rng)
     opt = Adam(gpt.params())
@@ -435,30 +430,26 @@ def train(cfg: Config, say: Callable[[str], None] = print) -> tuple[Retriever, G
         if len(order) < cfg.gen_batch:        # walk through the facts in shuffled epochs
             order += rng.sample(range(len(FACTS)), len(FACTS))
         batch, order = order[:cfg.gen_batch], order[cfg.gen_batch:]
-        loss = None
-        for i in batch:
-            q, _, doc, ans = FACTS[i]
-            li = scale(gpt.loss(doc, _drop(q, cfg.drop, rng), ans), 1.0 / len(batch))
-            loss = li if loss is None else add(loss, li)
-        assert loss is not None
+        losses = [gpt.loss(FACTS[i][2], _drop(FACTS[i][0], cfg.drop, rng), FACTS[i][3]) for i in batch]
+        loss = scale(functools.reduce(add, losses), 1.0 / len(batch))
         backward(loss)
         opt.step(_lr(cfg.gen_lr, step, cfg.gen_steps))
-        if step % cfg.log_every == 0 or step == cfg.gen_steps - 1:
+        if step % 20 == 0 or step == cfg.gen_steps - 1:
             say(f"generator step {step:4d} | loss {loss.data[0][0]:.4f} | {time.perf_counter() - t0:5.1f}s")
     return ret, gpt
 
 
-def run(cfg: Config | None = None, say: Callable[[str], None] = print) -> dict:
-    """Train, then answer every trained and paraphrased question; returns the figures and every row."""
+def run(cfg: Config | None = None, say: Callable[[str], None] = print, ask: tuple[str, ...] = ()) -> dict:
+    """Train, then answer every trained and paraphrased question (and any in `ask`): the figures and rows."""
     cfg = cfg or Config()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ret, gpt = train(cfg, say)
     train_s = time.perf_counter() - t0
     rows = []
     for kind, col in (("trained", 0), ("paraphrased", 1)):
         say(f"\n--- {kind} questions ---")
         for i, f in enumerate(FACTS):
-            best, sim = ret.search(f[col], DOCS)
+            best, sim = ret.search(f[col], DOCS)   # 1. retrieve   2. generate from what was retrieved
             got = gpt.answer(DOCS[best], f[col])
             rows.append({"kind": kind, "question": f[col], "doc": DOCS[best], "sim": round(sim, 4),
                          "hit": best == i, "answer": got, "reference": f[3], "exact": got == f[3]})
@@ -466,10 +457,16 @@ def run(cfg: Config | None = None, say: Callable[[str], None] = print) -> dict:
             say(f"问 {f[col]}\n   检索 {'✓' if r['hit'] else '✗'} {sim:.3f} {DOCS[best]}\n"
                 f"   答 {'✓' if r['exact'] else '✗'} {got}" + ("" if r["exact"] else f"   (应为 {f[3]})"))
 
+    for q in ask:                            # your own questions: no reference, so no score
+        best, sim = ret.search(q, DOCS)
+        rows.append({"kind": "asked", "question": q, "doc": DOCS[best], "sim": round(sim, 4),
+                     "answer": gpt.answer(DOCS[best], q)})
+        say(f"问 {q}\n   检索 {sim:.3f} {DOCS[best]}\n   答 {rows[-1]['answer']}")
+
     def count(kind: str, key: str) -> int:
         return sum(r[key] for r in rows if r["kind"] == kind)
     res = {"config": asdict(cfg), "n": len(FACTS), "train_seconds": round(train_s, 2),
-           "seconds": round(time.perf_counter() - t0, 2),
+           "seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(time.process_time() - c0, 2),
            "retrieval_trained": count("trained", "hit"), "retrieval_paraphrased": count("paraphrased", "hit"),
            "exact_trained": count("trained", "exact"), "exact_paraphrased": count("paraphrased", "exact"),
            "rows": rows}
@@ -481,15 +478,17 @@ def run(cfg: Config | None = None, say: Callable[[str], None] = print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `picorag micro [--seed N] [--gen-steps N] [--json]`."""
+    """Command line: `picorag micro [--seed N] [--ret-steps N] [--gen-steps N] [--ask Q] [--json]`; 0 if the
+    targets are met."""
     ap = argparse.ArgumentParser(prog="picorag micro", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ret-steps", type=int, default=Config.ret_steps, help="retriever training steps")
     ap.add_argument("--gen-steps", type=int, default=Config.gen_steps, help="generator training steps")
+    ap.add_argument("--ask", action="append", default=[], help="also answer this question (repeatable)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
     args = ap.parse_args(argv)
     cfg = Config(seed=args.seed, ret_steps=args.ret_steps, gen_steps=args.gen_steps)
-    res = run(cfg, say=(lambda s: None) if args.json else print)
+    res = run(cfg, say=(lambda s: None) if args.json else print, ask=tuple(args.ask))
     if args.json:
         print(json.dumps(res, ensure_ascii=False, indent=1))
     n = res["n"]
