@@ -94,24 +94,25 @@ class Analyzer:
         return cls(**{k: d[k] for k in ("stemmer", "stopwords", "cjk_bigrams", "version") if k in d})
 
     def tokenize(self, text: str) -> list[str]:
+        # Ordinals are found in the whole text, not per CJK run: the digits of 第5条 are not CJK, so they
+        # would split it into the runs 第 / 5 / 条 before an ordinal could be recognised.
+        words: list[str] = []
+        pos = 0
+        for m in _ORDINAL.finditer(text):
+            words.extend(self._cut_runs(text[pos : m.start()]))
+            words.append(m.group())
+            pos = m.end()
+        words.extend(self._cut_runs(text[pos:]))
+        return words
+
+    def _cut_runs(self, text: str) -> list[str]:
         words: list[str] = []
         for cjk, other in _RUNS.findall(text):
             if cjk:
-                words.extend(self._cut_cjk(cjk))
+                words.extend(self._cut_words(cjk, stopwords_zh() if self.stopwords else frozenset()))
             else:
                 words.extend(self._cut_other(other))
         return words
-
-    def _cut_cjk(self, run: str) -> list[str]:
-        stop = stopwords_zh() if self.stopwords else frozenset()
-        out: list[str] = []
-        pos = 0
-        for m in _ORDINAL.finditer(run):
-            out.extend(self._cut_words(run[pos : m.start()], stop))
-            out.append(m.group())
-            pos = m.end()
-        out.extend(self._cut_words(run[pos:], stop))
-        return out
 
     def _cut_words(self, run: str, stop: frozenset[str]) -> list[str]:
         if not run:

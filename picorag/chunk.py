@@ -84,6 +84,11 @@ def split_text(text: str, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERL
         while k - 1 > i and back + units[k - 1][2] <= overlap:
             back += units[k - 1][2]
             k -= 1
+        # ...and keep only as much overlap as leaves room for the next new sentence: otherwise the next
+        # chunk would be nothing but the overlap, a chunk lying wholly inside this one
+        while k < j and back + units[j][2] > size:
+            back -= units[k][2]
+            k += 1
         i = k
     return chunks
 
@@ -94,9 +99,10 @@ def chunk_record(record: Record, size: int = DEFAULT_SIZE, overlap: int = DEFAUL
     for section in record.sections:
         spans = [(0, len(section.text))] if section.atomic else split_text(section.text, size, overlap)
         for s, e in spans:
-            text = section.text[s:e].strip()
-            if text:
-                chunks.append(_make_chunk(record, section, text, s, len(chunks)))
+            raw = section.text[s:e]
+            text = raw.strip()
+            if text:  # the chunk starts where its text does (an atomic section may open with blank lines)
+                chunks.append(_make_chunk(record, section, text, s + len(raw) - len(raw.lstrip()), len(chunks)))
     return chunks
 
 

@@ -18,6 +18,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,10 @@ def list_files(paths: Iterable[str | Path], warn: Warn) -> list[Path]:
         p = Path(raw)
         if not p.exists():
             raise PicoragError(f"input not found: {p}")
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+        if p.is_dir():  # hidden files and everything under hidden folders (.git, .venv) are skipped
+            found = sorted(
+                q for q in p.rglob("*") if q.is_file() and not any(x.startswith(".") for x in q.relative_to(p).parts)
+            )
         else:
             found = [p]
         for q in found:
@@ -95,13 +98,17 @@ def read_jsonl(path: Path) -> Iterator[Record]:
     opener = gzip.open if suffix_of(path) == ".jsonl.gz" else open
     pid = path_id(path)
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:  # bytes, decoded per line, so a bad byte is reported with its line
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM is fine
+                except UnicodeDecodeError as e:
+                    raise PicoragError(
+                        f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start} of the line); JSONL must be UTF-8"
+                    ) from None
                 if line.strip():
                     yield _jsonl_record(line, f"{path}:{lineno}", pid, lineno)
-    except UnicodeDecodeError as e:
-        raise PicoragError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); JSONL must be UTF-8") from None
-    except (OSError, EOFError) as e:  # gzip errors are OSError subclasses
+    except (OSError, EOFError, zlib.error) as e:  # gzip: BadGzipFile is an OSError; corrupt data is a zlib.error
         raise PicoragError(f"{path}: cannot read ({e})") from None
 
 
@@ -122,12 +129,13 @@ def _jsonl_record(line: str, where: str, pid: str, lineno: int) -> Record:
         doc_id = str(raw_id)
     else:
         raise PicoragError(f"{where}: 'id' must be a non-empty string or integer")
-    title = obj.get("title") or ""
+    title = obj.get("title")
+    title = "" if title is None else title
     if not isinstance(title, str):
         raise PicoragError(f"{where}: 'title' must be a string")
     meta: dict[str, Any] = {k: v for k, v in obj.items() if k not in _RESERVED}
-    nested = meta.pop("metadata", None)
-    if isinstance(nested, dict):  # BEIR keeps extra fields under "metadata"
+    if isinstance(meta.get("metadata"), dict):  # BEIR keeps extra fields under "metadata"; other values stay as-is
+        nested = meta.pop("metadata")
         meta = {**nested, **meta}
     meta["source_path"] = pid
     meta["line"] = lineno
@@ -153,13 +161,39 @@ def decode_text(data: bytes, path: Path) -> str:
             pass
     from charset_normalizer import from_bytes
 
-    best = None if b"\x00" in data else from_bytes(data).best()  # NUL bytes: binary, not text
+    matches = None if b"\x00" in data else from_bytes(data)  # NUL bytes: binary, not text
+    best = matches.best() if matches else None
     if best is None:
         raise PicoragError(f"{path}: not UTF-8 and no other text encoding fits; convert it to UTF-8")
-    return str(best)
+    # Short GBK text scores as well under cp949 or big5 as under GB18030 (a tie, decided arbitrarily):
+    # a tie goes to GB18030 (a superset of GBK) when that reading is common simplified Chinese.
+    gb = next((m for m in matches if m.encoding == "gb18030" and m.chaos <= best.chaos), None)
+    return str(gb) if gb is not None and _mostly_gb2312(str(gb)) else str(best)
 
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.M)
+def _mostly_gb2312(text: str) -> bool:
+    """True when at least 90% of the non-ASCII characters are in GB2312 (2 bytes each there)."""
+    wide = "".join(c for c in text if c > "\x7f")
+    return len(wide.encode("gb2312", "ignore")) // 2 >= 0.9 * len(wide)
+
+
+_MD_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)  # [ \t]: never across a line break
+_MD_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.M)
+
+
+def _md_headings(text: str) -> list[re.Match[str]]:
+    """ATX headings outside fenced code blocks (a `# comment` in a ``` block is code, not a heading)."""
+    fenced: list[tuple[int, int]] = []
+    opened: re.Match[str] | None = None
+    for m in _MD_FENCE.finditer(text):
+        if opened is None:
+            opened = m
+        elif m.group(1)[0] == opened.group(1)[0] and len(m.group(1)) >= len(opened.group(1)):
+            fenced.append((opened.start(), m.end()))
+            opened = None
+    if opened is not None:  # an unclosed fence runs to the end of the document
+        fenced.append((opened.start(), len(text)))
+    return [h for h in _MD_HEADING.finditer(text) if not any(s <= h.start() < e for s, e in fenced)]
 
 
 def read_text(path: Path, warn: Warn) -> Iterator[Record]:
@@ -180,15 +214,15 @@ def read_text(path: Path, warn: Warn) -> Iterator[Record]:
         yield Record(pid, title, [Section(text, {"line": 1}, f"{title}\n")], meta)
         return
     # Markdown: one section per heading, so chunks carry the heading they sit under.
-    heads = list(_MD_HEADING.finditer(text))
+    heads = _md_headings(text)
     title = next((m.group(2) for m in heads if len(m.group(1)) == 1), path.stem)
     bounds = [0] + [m.start() for m in heads] + [len(text)]
+    heading_at = {m.start(): m.group(2) for m in heads}
     sections = []
     for s, e in zip(bounds, bounds[1:], strict=False):
         if not text[s:e].strip():
             continue
-        m = _MD_HEADING.match(text, s)
-        heading = m.group(2) if m else ""
+        heading = heading_at.get(s, "")
         sec_meta = {"line": text.count("\n", 0, s) + 1, **({"heading": heading} if heading else {})}
         prefix = f"{title}\n" + (f"{heading}\n" if heading and heading != title else "")
         sections.append(Section(text[s:e], sec_meta, prefix))
