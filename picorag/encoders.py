@@ -121,7 +121,8 @@ class SentenceTransformerEncoder:
         except Exception as e:  # many loader exception types: report them as one line
             raise PicoragError(f"cannot load sentence-transformers model at {path}: {e}") from None
         self.name = str(path)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim())
         prompts = getattr(self.model, "prompts", {}) or {}
         passage = prompts.get("passage", prompts.get("document", ""))
         self.prefix = {"query": prompts.get("query", ""), "passage": passage}

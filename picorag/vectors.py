@@ -28,6 +28,7 @@ from .records import PicoragError
 KINDS = ("flat", "hnsw", "ivfpq")
 EXACT_BELOW = 20_000  # allowed rows under which filtered search is exact brute force
 BLOCK = 65_536  # rows converted to float32 at a time by exact search
+REFINE = 10  # IVF-PQ candidates fetched per result, then re-scored exactly
 
 
 def _faiss():
@@ -138,10 +139,15 @@ class VectorIndex:
             sp = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.params.get("ef_search", 64), k))
         else:
             sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe or self.params.get("nprobe", 8))
-        scores, ids = self.index.search(q, k, params=sp)
+        # PQ codes only approximate the vectors: fetch more candidates and re-score them exactly
+        # with the stored float16 vectors (what FAISS's IndexRefineFlat does, without a 2nd copy)
+        fetch = k if self.params["kind"] == "hnsw" else max(k * REFINE, 100)
+        scores, ids = self.index.search(q, fetch, params=sp)
         del bits
-        keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+        rows = ids[0][ids[0] >= 0].astype(np.int64)
+        if self.params["kind"] == "hnsw" or len(rows) == 0:
+            return rows[:k], scores[0][: len(rows)][:k]
+        return self._exact(q[0], k, np.sort(rows))
 
 
 def make_index(vectors: np.ndarray, config: dict[str, Any]) -> VectorIndex:
