@@ -37,8 +37,10 @@ def parse_where(items: list[str] | None) -> dict[str, list[str]]:
 
 
 def search_options(args: argparse.Namespace) -> dict[str, Any]:
+    from .rerank import load_reranker
+
     return {"mode": args.mode, "fusion": args.fusion, "recall_factor": args.recall_factor, "cut": args.cut,
-            "nprobe": args.nprobe}
+            "nprobe": args.nprobe, "reranker": load_reranker(args.rerank) if args.rerank else None}
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -151,6 +153,7 @@ def mode_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--recall-factor", type=int, default=4, help="candidates per retriever = k x this (default 4)")
     sp.add_argument("--cut", type=float, default=0.2, help="drop candidates below this x the top score (0.2)")
     sp.add_argument("--nprobe", type=int, help="IVF lists to probe (ivfpq index)")
+    sp.add_argument("--rerank", metavar="DIR", help="cross-encoder directory (ONNX or sentence-transformers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
