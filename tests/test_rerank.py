@@ -59,7 +59,8 @@ def test_scores_match_the_model(cross_encoder_dir):
     idx = {w: i for i, w in enumerate(WORDS)}
     q = (table[idx["green"]] + table[idx["tea"]]) / 2
     mean = lambda words: table[[idx[w] for w in words]].mean(0)  # noqa: E731
-    want = [q @ mean(["cat", "sleeps"]), q @ mean(["tea"]), q @ mean(["dog", "barks", "fish"])]
+    # the pair template puts [SEP] in the passage segment, so it enters the passage mean
+    want = [q @ mean(["[SEP]", "cat", "sleeps"]), q @ mean(["[SEP]", "tea"]), q @ mean(["[SEP]", "dog", "barks", "fish"])]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
