@@ -60,7 +60,8 @@ def test_scores_match_the_model(cross_encoder_dir):
     q = (table[idx["green"]] + table[idx["tea"]]) / 2
     mean = lambda words: table[[idx[w] for w in words]].mean(0)  # noqa: E731
     # the pair template puts [SEP] in the passage segment, so it enters the passage mean
-    want = [q @ mean(["[SEP]", "cat", "sleeps"]), q @ mean(["[SEP]", "tea"]), q @ mean(["[SEP]", "dog", "barks", "fish"])]
+    passages = [["cat", "sleeps"], ["tea"], ["dog", "barks", "fish"]]
+    want = [q @ mean(["[SEP]", *p]) for p in passages]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
