@@ -159,11 +159,8 @@ def softmax(a: Mat, causal: int | None = None) -> Mat:
 
 def pick(a: Mat, cols: list[int]) -> Mat:
     """Column vector of a[i][cols[i]]: the probability of the right answer in each row."""
-    def back(g: Rows) -> None:
-        grad = [[0.0] * len(r) for r in a.data]
-        for i, (c, gr) in enumerate(zip(cols, g)):
-            grad[i][c] = gr[0]
-        a.acc(grad)
+    def back(g: Rows) -> None:            # the gradient goes to the picked entry, zero elsewhere
+        a.acc([[gr[0] if j == c else 0.0 for j in range(len(r))] for r, c, gr in zip(a.data, cols, g)])
     return Mat([[r[c]] for r, c in zip(a.data, cols)], (a,), back)
 
 
@@ -312,6 +309,7 @@ def prompt(doc: str, question: str) -> list[int]:
 
 @dataclass
 class GPTConfig:
+    """Generator sizes: vocabulary, positions, width, heads, layers."""
     vocab: int = len(CHARS) + 3
     block: int = 56
     n_embd: int = 32
@@ -381,6 +379,7 @@ class GPT:
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Config:
+    """Everything a run depends on; the defaults are the published figures."""
     seed: int = 0
     ret_steps: int = 60
     ret_lr: float = 0.05
