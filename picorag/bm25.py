@@ -119,7 +119,8 @@ class Postings:
     @classmethod
     def load(cls, directory: str) -> tuple[Postings, np.ndarray]:
         def arr(name: str) -> np.ndarray:
-            return np.load(os.path.join(directory, f"bm25.{name}.npy"), mmap_mode="r")
+            # a plain ndarray view of the mapped file: slicing an np.memmap runs Python-level hooks
+            return np.asarray(np.load(os.path.join(directory, f"bm25.{name}.npy"), mmap_mode="r"))
 
         with open(os.path.join(directory, "bm25.terms.json"), encoding="utf-8") as f:
             terms = json.load(f)
@@ -172,18 +173,27 @@ def top_k(ix: Postings, weights: np.ndarray, query: dict[str, float], k: int,
     if not spans or k <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     rows = np.concatenate([ix.rows[a:b] for a, b, _ in spans])
-    vals = np.concatenate([weights[a:b].astype(np.float64) * w for a, b, w in spans])
-    scores = np.bincount(rows, weights=vals, minlength=ix.n_docs)
-    matched = np.zeros(ix.n_docs, dtype=bool)
-    matched[rows] = True
-    if allowed is not None:
-        matched &= allowed
-    cand = np.flatnonzero(matched)
+    vals = np.concatenate([weights[a:b] * np.float32(w) for a, b, w in spans])
+    if len(rows) * 8 < ix.n_docs:  # few postings: accumulate over the matched rows only, not all rows
+        cand, inverse = np.unique(rows, return_inverse=True)
+        scores_c = np.bincount(inverse, weights=vals)
+        if allowed is not None:
+            keep = allowed[cand]
+            cand, scores_c = cand[keep], scores_c[keep]
+    else:
+        scores = np.bincount(rows, weights=vals, minlength=ix.n_docs)
+        if allowed is None and all(w > 0 for _, _, w in spans):  # every matched row scores > 0
+            cand = np.flatnonzero(scores)
+        else:
+            matched = np.zeros(ix.n_docs, dtype=bool)
+            matched[rows] = True
+            cand = np.flatnonzero(matched & allowed if allowed is not None else matched)
+        scores_c = scores[cand]
     if len(cand) > k:
-        cand = cand[np.argpartition(-scores[cand], k - 1)[:k]]
-    order = np.lexsort((cand, -scores[cand]))  # score descending, ties by row for determinism
-    cand = cand[order]
-    return cand, scores[cand]
+        part = np.argpartition(-scores_c, k - 1)[:k]
+        cand, scores_c = cand[part], scores_c[part]
+    order = np.lexsort((cand, -scores_c))  # score descending, ties by row for determinism
+    return cand[order], scores_c[order]
 
 
 def query_weights(terms: Sequence[str], dfs: dict[str, int], n_docs: int, params: BM25Params) -> dict[str, float]:

@@ -127,6 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     kb = KnowledgeBase.open(args.kb)
     match = [m.strip() for m in args.match.split(",") if m.strip()]
     opts = search_options(args)
+    opts["fetch"] = not os.path.isdir(args.dataset)  # BEIR judges doc ids only: skip fetching text
     res = evaluate(lambda q, n: kb.search(q, k=n, **opts), args.dataset, k=args.k, match=match,
                    progress=lambda it: tqdm(it, desc="eval", disable=None, leave=False))
     keys = [f"hit@{args.k}", f"mrr@{args.k}", "ndcg@10", "recall@100"]
@@ -134,12 +135,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
     for tag, m in res.get("by_tag", {}).items():
         lines.append(f"  {tag} ({m['n']}): " + "  ".join(f"{key} {m[key]:.4f}" for key in keys))
     _emit(args, res, "\n".join(lines))
-
-
-def cmd_micro(args: argparse.Namespace) -> int:
-    from . import micro
-
-    return micro.main(args.rest)
 
 
 def dense_args(sp: argparse.ArgumentParser) -> None:
@@ -201,12 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--match", default="law,article", help="gold keys a hit must match (default law,article)")
     mode_args(sp)
 
-    sp = command("micro", cmd_micro, "the dependency-free teaching RAG (pure Python)", kb=False)
-    sp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for picorag.micro")
+    sub.add_parser("micro", help="the dependency-free teaching RAG (pure Python); see picorag micro --help")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["micro"]:  # micro has its own parser (and its own --help)
+        from . import micro
+
+        return micro.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args) or 0

@@ -379,12 +379,13 @@ class KnowledgeBase:
                 "updated": m["updated"]}
 
     def search(self, query: str, k: int = 5, where: Where | None = None, mode: str | None = None,
-               **options: Any) -> list[Hit]:
+               fetch: bool = True, **options: Any) -> list[Hit]:
         """The k best chunks. `mode`: bm25, dense or hybrid (default: hybrid when the KB has
-        vectors); `where` filters metadata before ranking; other options: see retrieve.Options."""
+        vectors); `where` filters metadata before ranking; fetch=False returns ids and scores
+        only (faster); other options: see retrieve.Options."""
         from .retrieve import Options, search
 
-        return search(self, query, k, where, Options(mode=mode, **options))
+        return search(self, query, k, where, Options(mode=mode, **options), fetch=fetch)
 
     def encoder(self) -> Encoder:
         """The KB's own encoder (loaded once); a model whose dimension differs is refused."""

@@ -51,8 +51,11 @@ class Options:
     reranker: Reranker | None = None
 
 
-def allowed(seg: Segment, where: Where | None) -> np.ndarray:
-    """Live rows whose metadata matches: same key -> any of the values; different keys -> all."""
+def allowed(seg: Segment, where: Where | None) -> np.ndarray | None:
+    """Live rows whose metadata matches: same key -> any of the values; different keys -> all.
+    None when every row is allowed (the scorers then skip masking)."""
+    if not where and seg.all_live:
+        return None
     mask = seg.live
     for key, values in (where or {}).items():
         any_of = np.zeros(seg.n, dtype=bool)
@@ -100,8 +103,9 @@ def resolve_mode(kb: KnowledgeBase, mode: str | None) -> str:
 
 
 def search(kb: KnowledgeBase, query: str, k: int = 5, where: Where | None = None,
-           options: Options | None = None) -> list[Hit]:
-    """The k best chunks for `query` under `options` (mode, fusion, reranker)."""
+           options: Options | None = None, fetch: bool = True) -> list[Hit]:
+    """The k best chunks for `query` under `options` (mode, fusion, reranker). With fetch=False
+    hits carry ids and scores only (no text, metadata or citation): the fast path for ranking."""
     o = options or Options()
     if not query or not query.strip():
         raise PicoragError("empty query")
@@ -120,6 +124,8 @@ def search(kb: KnowledgeBase, query: str, k: int = 5, where: Where | None = None
                  dynamic_cut(dense_ranked(kb, query, pool, where, o.nprobe), o.cut)]
         ranked = (rrf(lists, o.rrf_k) if o.fusion == "rrf"
                   else weighted(lists, [1.0 - o.dense_weight, o.dense_weight]))
+    if not fetch and o.reranker is None:
+        return id_hits(kb, ranked[:k])
     hits = to_hits(kb, ranked[:pool])
     if o.reranker is not None and hits:
         scores = o.reranker.score(query, [h.text for h in hits])
@@ -128,6 +134,14 @@ def search(kb: KnowledgeBase, query: str, k: int = 5, where: Where | None = None
             hits[i].score = float(scores[i])
         hits = [hits[i] for i in order]
     return hits[:k]
+
+
+def id_hits(kb: KnowledgeBase, ranked: Ranked) -> list[Hit]:
+    hits = []
+    for (si, row), score in ranked:
+        cid, doc = kb.segments[si].ids([row])[0]
+        hits.append(Hit(cid, doc, score, "", {}, ""))
+    return hits
 
 
 def to_hits(kb: KnowledgeBase, ranked: Ranked) -> list[Hit]:

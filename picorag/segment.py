@@ -2,7 +2,8 @@
 
     segments/seg-000001/
         chunks.sqlite          chunk id, doc_id, text, index prefix, metadata JSON (row = array index)
-        docs.npy               int32 doc number of each row (live-document counts without SQL)
+        docs.npy               int32 doc number of each row (doc numbers follow the docs table's first_row order)
+        chunkno.npy            int32 chunk number i of each row (its id is f"{doc_id}-{i}")
         bm25.*.npy, .json      term-major postings, tf, doc lengths, eager weights, vocabulary
         del-000007.npy         tombstones: sorted rows deleted as of KB generation 7 (optional)
 
@@ -45,6 +46,7 @@ def write_segment(seg_root: str, name: str, chunks: Sequence[Chunk], doc_hashes:
     doc_num: dict[str, int] = {}
     np.save(os.path.join(tmp, "docs.npy"),
             np.array([doc_num.setdefault(c.doc_id, len(doc_num)) for c in chunks], dtype=np.int32))
+    np.save(os.path.join(tmp, "chunkno.npy"), np.array([int(c.id.rsplit("-", 1)[1]) for c in chunks], dtype=np.int32))
     postings.save(tmp, weights)
     if vectors is not None:
         vectors.save(tmp)
@@ -73,6 +75,22 @@ class Segment:
     live: np.ndarray  # bool per row: False when tombstoned
     doc_of_row: np.ndarray
     vectors: VectorIndex | None = None
+
+    def __post_init__(self):
+        self.all_live = bool(self.live.all())
+        self._doc_ids: list[str] | None = None
+        self._chunk_no: np.ndarray | None = None
+
+    def ids(self, rows: Sequence[int]) -> list[tuple[str, str]]:
+        """(chunk id, doc_id) of rows from in-memory arrays: ranking without touching SQLite."""
+        if self._doc_ids is None:
+            self._doc_ids = [d for d, _, _, _ in self.store.doc_rows()]
+            self._chunk_no = np.load(os.path.join(self.directory, "chunkno.npy"))
+        out = []
+        for r in rows:
+            doc = self._doc_ids[self.doc_of_row[r]]
+            out.append((f"{doc}-{self._chunk_no[r]}", doc))
+        return out
 
     @classmethod
     def open(cls, seg_root: str, entry: dict[str, Any]) -> Segment:
