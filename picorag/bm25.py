@@ -49,11 +49,9 @@ class BM25Params:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def idf(self, df: np.ndarray | float, n_docs: int) -> np.ndarray:
-        df = np.asarray(df, dtype=np.float64)
-        if self.method == "lucene":
-            return np.log1p((n_docs - df + 0.5) / (df + 0.5))
-        return np.log(np.maximum((n_docs - df + 0.5) / (df + 0.5), 1.0))
+    def idf(self, df: int, n_docs: int) -> float:
+        ratio = (n_docs - df + 0.5) / (df + 0.5)
+        return math.log1p(ratio) if self.method == "lucene" else math.log(max(ratio, 1.0))
 
     def tf_part(self, tf: np.ndarray, dl: np.ndarray, avgdl: float) -> np.ndarray:
         tf = tf.astype(np.float64)
@@ -160,46 +158,88 @@ def merge(parts: Sequence[tuple[Postings, np.ndarray]]) -> Postings:
                      np.concatenate(tf_all or [np.zeros(0)]), np.concatenate(dl_all or [np.zeros(0, np.int32)]))
 
 
+def _gather(ix: Postings, weights: np.ndarray, query: dict[str, float], offset: int = 0
+            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Posting rows (+ offset) and weighted scores of the query terms present in this segment."""
+    rows, vals = [], []
+    for t, w in query.items():
+        i = ix.term_id.get(t)
+        if i is not None:
+            a, b = ix.indptr[i], ix.indptr[i + 1]
+            rows.append(ix.rows[a:b] + offset if offset else ix.rows[a:b])
+            vals.append(weights[a:b] * np.float32(w))
+    return rows, vals
+
+
+def _select(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(cand) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        cand, scores = cand[part], scores[part]
+    order = np.lexsort((cand, -scores))  # score descending, ties by row for determinism
+    return cand[order], scores[order]
+
+
 def top_k(ix: Postings, weights: np.ndarray, query: dict[str, float], k: int,
           allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores of the k best rows matching at least one query term.
 
-    `query` maps term -> weight (idf times how often the term occurs in the query). `allowed`
-    is a boolean mask over rows (filters, deletions) applied before ranking, so a filtered
-    result list is never short when enough rows match.
+    `query` maps term -> weight (idf times how often the term occurs in the query; always > 0,
+    so a row matches exactly when its score is > 0). `allowed` is a boolean mask over rows
+    (filters, deletions) applied before ranking, so a filtered result list is never short when
+    enough rows match.
     """
-    spans = [(ix.indptr[i], ix.indptr[i + 1], w) for t, w in query.items()
-             if (i := ix.term_id.get(t)) is not None]
-    if not spans or k <= 0:
+    rows, vals = _gather(ix, weights, query)
+    if not rows or k <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    rows = np.concatenate([ix.rows[a:b] for a, b, _ in spans])
-    vals = np.concatenate([weights[a:b] * np.float32(w) for a, b, w in spans])
+    rows, vals = np.concatenate(rows), np.concatenate(vals)
     if len(rows) * 8 < ix.n_docs:  # few postings: accumulate over the matched rows only, not all rows
         cand, inverse = np.unique(rows, return_inverse=True)
-        scores_c = np.bincount(inverse, weights=vals)
-        if allowed is not None:
-            keep = allowed[cand]
-            cand, scores_c = cand[keep], scores_c[keep]
+        scores = np.bincount(inverse, weights=vals)
     else:
         scores = np.bincount(rows, weights=vals, minlength=ix.n_docs)
-        if allowed is None and all(w > 0 for _, _, w in spans):  # every matched row scores > 0
-            cand = np.flatnonzero(scores)
-        else:
-            matched = np.zeros(ix.n_docs, dtype=bool)
-            matched[rows] = True
-            cand = np.flatnonzero(matched & allowed if allowed is not None else matched)
-        scores_c = scores[cand]
-    if len(cand) > k:
-        part = np.argpartition(-scores_c, k - 1)[:k]
-        cand, scores_c = cand[part], scores_c[part]
-    order = np.lexsort((cand, -scores_c))  # score descending, ties by row for determinism
-    return cand[order], scores_c[order]
+        cand = np.flatnonzero(scores)
+        scores = scores[cand]
+    if allowed is not None:
+        keep = allowed[cand]
+        cand, scores = cand[keep], scores[keep]
+    return _select(cand, scores, k)
+
+
+def top_k_many(ix: Postings, weights: np.ndarray, queries: Sequence[dict[str, float]], k: int,
+               allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """top_k for many queries at once: a block of queries is scored into one (queries x rows)
+    matrix with a single bincount, and top-k runs row-wise. Same results as calling top_k."""
+    n = ix.n_docs
+    block = max(1, min(64, 4_000_000 // max(n, 1)))  # keep the score matrix near 32 MB
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for s in range(0, len(queries), block):
+        qs = queries[s : s + block]
+        rows: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        for j, q in enumerate(qs):
+            r, v = _gather(ix, weights, q, offset=j * n)
+            rows += r
+            vals += v
+        if not rows or k <= 0:
+            out += [(np.zeros(0, np.int64), np.zeros(0, np.float64))] * len(qs)
+            continue
+        scores = np.bincount(np.concatenate(rows).astype(np.int64), weights=np.concatenate(vals),
+                             minlength=len(qs) * n).reshape(len(qs), n)
+        if allowed is not None:
+            scores[:, ~allowed] = 0.0
+        kk = min(k, n)
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        for j in range(len(qs)):
+            cand = part[j][scores[j, part[j]] > 0]
+            out.append(_select(cand, scores[j, cand], k))
+    return out
 
 
 def query_weights(terms: Sequence[str], dfs: dict[str, int], n_docs: int, params: BM25Params) -> dict[str, float]:
     """term -> idf x occurrences in the query, for terms present in the collection."""
-    counts = Counter(t for t in terms if dfs.get(t, 0) > 0)
-    if not counts:
-        return {}
-    idf = params.idf(np.array([dfs[t] for t in counts]), n_docs)
-    return {t: float(i) * c for (t, c), i in zip(counts.items(), idf, strict=True) if not math.isclose(i, 0.0)}
+    out = {}
+    for t, c in Counter(t for t in terms if dfs.get(t, 0) > 0).items():
+        idf = params.idf(dfs[t], n_docs)
+        if idf > 1e-12:  # robertson idf is 0 for terms in over half the rows: they cannot rank anything
+            out[t] = idf * c
+    return out

@@ -129,7 +129,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     opts = search_options(args)
     opts["fetch"] = not os.path.isdir(args.dataset)  # BEIR judges doc ids only: skip fetching text
     res = evaluate(lambda q, n: kb.search(q, k=n, **opts), args.dataset, k=args.k, match=match,
-                   progress=lambda it: tqdm(it, desc="eval", disable=None, leave=False))
+                   progress=lambda it: tqdm(it, desc="eval", disable=None, leave=False),
+                   search_many=lambda qs, n: kb.search_many(qs, k=n, **opts))
     keys = [f"hit@{args.k}", f"mrr@{args.k}", "ndcg@10", "recall@100"]
     lines = [f"{res['n']} queries, {res['qps']:.0f} q/s: " + "  ".join(f"{key} {res[key]:.4f}" for key in keys)]
     for tag, m in res.get("by_tag", {}).items():

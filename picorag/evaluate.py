@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 from .records import Hit, PicoragError
 
 SearchFn = Callable[[str, int], list[Hit]]
+SearchManyFn = Callable[[list[str], int], list[list[Hit]]]
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -123,20 +124,33 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 # -- running -------------------------------------------------------------------------------------
 
 
-def _doc_level(search: SearchFn, text: str, n_docs: int) -> list[str]:
+def _doc_level(search: SearchFn, text: str, n_docs: int, hits: list[Hit] | None = None) -> list[str]:
     """Top `n_docs` distinct doc_ids (a document counts at the rank of its best chunk)."""
     want = n_docs * 3
     while True:
-        hits = search(text, want)
+        hits = search(text, want) if hits is None else hits
         docs = list(dict.fromkeys(h.doc_id for h in hits))
         if len(docs) >= n_docs or len(hits) < want:
             return docs[:n_docs]
         want *= 2
+        hits = None
+
+
+def _with_hits(search_many: SearchManyFn | None, queries: list[Query], n: int,
+               progress: Callable) -> Iterable[tuple[Query, list[Hit] | None]]:
+    """Each query with its hits ranked in batches of 64, or with None (the caller searches)."""
+    if search_many is None:
+        yield from progress([(q, None) for q in queries])
+        return
+    for s in progress(range(0, len(queries), 64)):
+        batch = queries[s : s + 64]
+        yield from zip(batch, search_many([q.text for q in batch], n), strict=True)
 
 
 def evaluate(search: SearchFn, dataset: str | Path, k: int = 5, match: Sequence[str] = ("law", "article"),
-             progress: Callable = iter) -> dict[str, Any]:
-    """Run every query of a BEIR directory or gold JSONL through `search` and average metrics."""
+             progress: Callable = iter, search_many: SearchManyFn | None = None) -> dict[str, Any]:
+    """Run every query of a BEIR directory or gold JSONL through `search` and average metrics.
+    With `search_many` (e.g. KnowledgeBase.search_many) queries are ranked in batches."""
     dataset = Path(dataset)
     if not dataset.exists():
         raise PicoragError(f"dataset not found: {dataset}")
@@ -145,13 +159,13 @@ def evaluate(search: SearchFn, dataset: str | Path, k: int = 5, match: Sequence[
     depth = max(100, k, 10)
     rows: list[tuple[str, dict[str, float]]] = []
     t0 = time.perf_counter()
-    for q in progress(queries):
+    for q, pre in _with_hits(search_many, queries, depth * 3 if beir else depth, progress):
         if beir:
-            docs = _doc_level(search, q.text, depth)
+            docs = _doc_level(search, q.text, depth, pre)
             rels = [q.qrels.get(d, 0.0) for d in docs]
             ideal = list(q.qrels.values())
         else:
-            hits = search(q.text, depth)
+            hits = search(q.text, depth) if pre is None else pre
             rels = [float(all(str(h.meta.get(key, "")).strip() == v for key, v in q.gold.items())) for h in hits]
             first = next((i for i, r in enumerate(rels) if r), None)  # one gold unit: count it once
             rels = [1.0 if i == first else 0.0 for i in range(len(rels))]

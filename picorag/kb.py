@@ -387,6 +387,13 @@ class KnowledgeBase:
 
         return search(self, query, k, where, Options(mode=mode, **options), fetch=fetch)
 
+    def search_many(self, queries: list[str], k: int = 5, where: Where | None = None, mode: str | None = None,
+                    fetch: bool = True, **options: Any) -> list[list[Hit]]:
+        """`search` for many queries at once (batched scoring and encoding): one list per query."""
+        from .retrieve import Options, search_many
+
+        return search_many(self, queries, k, where, Options(mode=mode, **options), fetch=fetch)
+
     def encoder(self) -> Encoder:
         """The KB's own encoder (loaded once); a model whose dimension differs is refused."""
         if self._encoder is None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .bm25 import query_weights, top_k
+from .bm25 import query_weights, top_k, top_k_many
 from .cite import citation
 from .fusion import Ranked, dynamic_cut, rrf, weighted
 from .records import Hit, PicoragError
@@ -65,25 +65,37 @@ def allowed(seg: Segment, where: Where | None) -> np.ndarray | None:
     return mask
 
 
-def bm25_ranked(kb: KnowledgeBase, query: str, n: int, where: Where | None = None) -> Ranked:
-    terms = kb.analyzer.tokenize(query)
-    dfs = {t: sum(s.postings.df(t) for s in kb.segments) for t in set(terms)}
-    qw = query_weights(terms, dfs, sum(s.n for s in kb.segments), kb.params)
-    found: Ranked = []
+def bm25_ranked(kb: KnowledgeBase, queries: Sequence[str], n: int, where: Where | None = None) -> list[Ranked]:
+    """BM25 top-n (segment, row) lists, one per query; idf from df summed over all segments."""
+    terms = [kb.analyzer.tokenize(q) for q in queries]
+    dfs = {t: sum(s.postings.df(t) for s in kb.segments) for t in set().union(*terms)}
+    n_rows = sum(s.n for s in kb.segments)
+    qws = [query_weights(t, dfs, n_rows, kb.params) for t in terms]
+    found: list[Ranked] = [[] for _ in queries]
     for si, seg in enumerate(kb.segments):
-        rows, scores = top_k(seg.postings, seg.weights, qw, n, allowed(seg, where))
-        found += [((si, int(r)), float(s)) for r, s in zip(rows, scores, strict=True)]
-    return _best(found, n)
+        mask = allowed(seg, where)
+        if len(qws) == 1:  # one query: the sparse path that never touches every row
+            results = [top_k(seg.postings, seg.weights, qws[0], n, mask)]
+        else:
+            results = top_k_many(seg.postings, seg.weights, qws, n, mask)
+        for qi, (rows, scores) in enumerate(results):
+            found[qi] += [((si, int(r)), float(s)) for r, s in zip(rows, scores, strict=True)]
+    return [_best(f, n) for f in found]
 
 
-def dense_ranked(kb: KnowledgeBase, query: str, n: int, where: Where | None = None,
-                 nprobe: int | None = None) -> Ranked:
-    q = kb.encoder().encode([query], kind="query")[0]
-    found: Ranked = []
-    for si, seg in enumerate(kb.segments):
-        rows, scores = seg.vectors.search(q, n, allowed(seg, where), nprobe)
-        found += [((si, int(r)), float(s)) for r, s in zip(rows, scores, strict=True)]
-    return _best(found, n)
+def dense_ranked(kb: KnowledgeBase, queries: Sequence[str], n: int, where: Where | None = None,
+                 nprobe: int | None = None) -> list[Ranked]:
+    """Dense top-n lists, one per query; queries are encoded in one batch."""
+    vecs = kb.encoder().encode(list(queries), kind="query")
+    masks = [allowed(seg, where) for seg in kb.segments]
+    out = []
+    for q in vecs:
+        found: Ranked = []
+        for si, seg in enumerate(kb.segments):
+            rows, scores = seg.vectors.search(q, n, masks[si], nprobe)
+            found += [((si, int(r)), float(s)) for r, s in zip(rows, scores, strict=True)]
+        out.append(_best(found, n))
+    return out
 
 
 def _best(found: Ranked, n: int) -> Ranked:
@@ -106,8 +118,15 @@ def search(kb: KnowledgeBase, query: str, k: int = 5, where: Where | None = None
            options: Options | None = None, fetch: bool = True) -> list[Hit]:
     """The k best chunks for `query` under `options` (mode, fusion, reranker). With fetch=False
     hits carry ids and scores only (no text, metadata or citation): the fast path for ranking."""
+    return search_many(kb, [query], k, where, options, fetch)[0]
+
+
+def search_many(kb: KnowledgeBase, queries: Sequence[str], k: int = 5, where: Where | None = None,
+                options: Options | None = None, fetch: bool = True) -> list[list[Hit]]:
+    """`search` for a batch of queries: BM25 scores them in blocks and the encoder embeds them
+    together, which is several times faster per query than one call each."""
     o = options or Options()
-    if not query or not query.strip():
+    if any(not q or not q.strip() for q in queries):
         raise PicoragError("empty query")
     if k < 1:
         raise PicoragError(f"k must be at least 1 (got {k})")
@@ -116,24 +135,30 @@ def search(kb: KnowledgeBase, query: str, k: int = 5, where: Where | None = None
     mode = resolve_mode(kb, o.mode)
     pool = k * max(o.recall_factor, 1) if (mode == "hybrid" or o.reranker) else k
     if mode == "bm25":
-        ranked = bm25_ranked(kb, query, pool, where)
+        ranked = bm25_ranked(kb, queries, pool, where)
     elif mode == "dense":
-        ranked = dense_ranked(kb, query, pool, where, o.nprobe)
+        ranked = dense_ranked(kb, queries, pool, where, o.nprobe)
     else:
-        lists = [dynamic_cut(bm25_ranked(kb, query, pool, where), o.cut),
-                 dynamic_cut(dense_ranked(kb, query, pool, where, o.nprobe), o.cut)]
-        ranked = (rrf(lists, o.rrf_k) if o.fusion == "rrf"
-                  else weighted(lists, [1.0 - o.dense_weight, o.dense_weight]))
+        sparse = bm25_ranked(kb, queries, pool, where)
+        dense = dense_ranked(kb, queries, pool, where, o.nprobe)
+        ranked = []
+        for b, d in zip(sparse, dense, strict=True):
+            lists = [dynamic_cut(b, o.cut), dynamic_cut(d, o.cut)]
+            ranked.append(rrf(lists, o.rrf_k) if o.fusion == "rrf"
+                          else weighted(lists, [1.0 - o.dense_weight, o.dense_weight]))
     if not fetch and o.reranker is None:
-        return id_hits(kb, ranked[:k])
-    hits = to_hits(kb, ranked[:pool])
-    if o.reranker is not None and hits:
-        scores = o.reranker.score(query, [h.text for h in hits])
-        order = np.lexsort((np.arange(len(hits)), -np.asarray(scores, dtype=np.float64)))
-        for i in order:
-            hits[i].score = float(scores[i])
-        hits = [hits[i] for i in order]
-    return hits[:k]
+        return [id_hits(kb, r[:k]) for r in ranked]
+    return [_rerank(to_hits(kb, r[:pool]), q, o.reranker)[:k] for q, r in zip(queries, ranked, strict=True)]
+
+
+def _rerank(hits: list[Hit], query: str, reranker: Reranker | None) -> list[Hit]:
+    if reranker is None or not hits:
+        return hits
+    scores = reranker.score(query, [h.text for h in hits])
+    order = np.lexsort((np.arange(len(hits)), -np.asarray(scores, dtype=np.float64)))
+    for i in order:
+        hits[i].score = float(scores[i])
+    return [hits[i] for i in order]
 
 
 def id_hits(kb: KnowledgeBase, ranked: Ranked) -> list[Hit]:

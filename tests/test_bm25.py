@@ -111,3 +111,19 @@ def test_params_validated():
         BM25Params(method="bm99")
     with pytest.raises(PicoragError):
         BM25Params(b=2)
+
+
+def test_batched_scoring_equals_one_by_one(corpus):
+    from picorag.bm25 import top_k_many
+
+    docs, queries = corpus
+    params = BM25Params()
+    ix = Postings.from_tokens(docs)
+    w = ix.weights(params, ix.total_len / ix.n_docs)
+    qws = [query_weights(q, {t: ix.df(t) for t in set(q)}, ix.n_docs, params) for q in queries]
+    allowed = np.arange(ix.n_docs) % 3 != 0
+    for mask in (None, allowed):
+        for (r1, s1), qw in zip(top_k_many(ix, w, qws, 10, mask), qws, strict=True):
+            r2, s2 = top_k(ix, w, qw, 10, mask)
+            assert r1.tolist() == r2.tolist()
+            np.testing.assert_allclose(s1, s2, rtol=1e-6)

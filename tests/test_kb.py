@@ -207,3 +207,13 @@ def test_build_killed_half_way_leaves_old_kb(kb, tmp_path):
         assert after.info()["docs"] == 60000
     after.add([write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls hunt."}])])
     assert sorted(os.listdir(kb.path / "segments")) == [s["name"] for s in after.info()["segments"]]
+
+
+def test_search_many_equals_search(kb):
+    queries = ["cats", "dogs bark", "tea degrees", "wild fox night", "zzz unknown"]
+    for fetch in (True, False):
+        batch = kb.search_many(queries, k=3, fetch=fetch)
+        for q, hits in zip(queries, batch, strict=True):
+            one = kb.search(q, k=3, fetch=fetch)
+            assert [(h.id, h.doc_id, h.score) for h in hits] == [(h.id, h.doc_id, h.score) for h in one]
+    assert kb.search("dogs bark", k=1, fetch=False)[0].text == ""  # ids and scores only
