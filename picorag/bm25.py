@@ -158,15 +158,14 @@ def merge(parts: Sequence[tuple[Postings, np.ndarray]]) -> Postings:
                      np.concatenate(tf_all or [np.zeros(0)]), np.concatenate(dl_all or [np.zeros(0, np.int32)]))
 
 
-def _gather(ix: Postings, weights: np.ndarray, query: dict[str, float], offset: int = 0
-            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Posting rows (+ offset) and weighted scores of the query terms present in this segment."""
+def _gather(ix: Postings, weights: np.ndarray, query: dict[str, float]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Posting rows and weighted scores of the query terms present in this segment."""
     rows, vals = [], []
     for t, w in query.items():
         i = ix.term_id.get(t)
         if i is not None:
             a, b = ix.indptr[i], ix.indptr[i + 1]
-            rows.append(ix.rows[a:b] + offset if offset else ix.rows[a:b])
+            rows.append(ix.rows[a:b])
             vals.append(weights[a:b] * np.float32(w))
     return rows, vals
 
@@ -214,24 +213,26 @@ def top_k_many(ix: Postings, weights: np.ndarray, queries: Sequence[dict[str, fl
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for s in range(0, len(queries), block):
         qs = queries[s : s + block]
-        rows: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
-        for j, q in enumerate(qs):
-            r, v = _gather(ix, weights, q, offset=j * n)
-            rows += r
-            vals += v
-        if not rows or k <= 0:
+        hits = [(i, w, j) for j, q in enumerate(qs) for t, w in q.items() if (i := ix.term_id.get(t)) is not None]
+        if not hits or k <= 0:
             out += [(np.zeros(0, np.int64), np.zeros(0, np.float64))] * len(qs)
             continue
-        scores = np.bincount(np.concatenate(rows).astype(np.int64), weights=np.concatenate(vals),
-                             minlength=len(qs) * n).reshape(len(qs), n)
+        # all posting lists of the block in one gather: positions start[t] .. end[t] for each (term, query)
+        tids, w, j = (np.array(x) for x in zip(*hits, strict=True))
+        starts, lens = ix.indptr[tids], ix.indptr[tids + 1] - ix.indptr[tids]
+        pos = np.arange(lens.sum()) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+        rows = ix.rows[pos] + np.repeat(j * n, lens)
+        vals = weights[pos] * np.repeat(w.astype(np.float32), lens)
+        scores = np.bincount(rows, weights=vals, minlength=len(qs) * n).reshape(len(qs), n)
         if allowed is not None:
             scores[:, ~allowed] = 0.0
         kk = min(k, n)
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        for j in range(len(qs)):
-            cand = part[j][scores[j, part[j]] > 0]
-            out.append(_select(cand, scores[j, cand], k))
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.lexsort((part, -top), axis=1)  # per query: score descending, ties by row
+        part, top = np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+        found = (top > 0).sum(axis=1)  # matched rows sort first: all scores are > 0
+        out += [(part[j, : found[j]], top[j, : found[j]]) for j in range(len(qs))]
     return out
 
 

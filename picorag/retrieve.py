@@ -162,11 +162,11 @@ def _rerank(hits: list[Hit], query: str, reranker: Reranker | None) -> list[Hit]
 
 
 def id_hits(kb: KnowledgeBase, ranked: Ranked) -> list[Hit]:
-    hits = []
-    for (si, row), score in ranked:
-        cid, doc = kb.segments[si].ids([row])[0]
-        hits.append(Hit(cid, doc, score, "", {}, ""))
-    return hits
+    if len(kb.segments) == 1:
+        ids = kb.segments[0].ids([row for (_, row), _ in ranked])
+    else:
+        ids = [kb.segments[si].ids([row])[0] for (si, row), _ in ranked]
+    return [Hit(cid, doc, score, "", {}, "") for (cid, doc), (_, score) in zip(ids, ranked, strict=True)]
 
 
 def to_hits(kb: KnowledgeBase, ranked: Ranked) -> list[Hit]:

@@ -86,11 +86,8 @@ class Segment:
         if self._doc_ids is None:
             self._doc_ids = [d for d, _, _, _ in self.store.doc_rows()]
             self._chunk_no = np.load(os.path.join(self.directory, "chunkno.npy"))
-        out = []
-        for r in rows:
-            doc = self._doc_ids[self.doc_of_row[r]]
-            out.append((f"{doc}-{self._chunk_no[r]}", doc))
-        return out
+        docs = [self._doc_ids[d] for d in self.doc_of_row[rows].tolist()]
+        return [(f"{d}-{c}", d) for d, c in zip(docs, self._chunk_no[rows].tolist(), strict=True)]
 
     @classmethod
     def open(cls, seg_root: str, entry: dict[str, Any]) -> Segment:
