@@ -12,7 +12,6 @@ that tests check on hand-computed cases:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ingest import json_object
 from .records import Hit, PicoragError
 
 SearchFn = Callable[[str, int], list[Hit]]
@@ -107,18 +107,11 @@ def load_gold(path: Path, match: Sequence[str]) -> list[Query]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PicoragError(f"{path}:{i}: malformed JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise PicoragError(f"{path}:{i}: expected a JSON object")
-                out.append(obj)
-    return out
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json_object(line, f"{path}:{i}") for i, line in enumerate(f, 1) if line.strip()]
+    except UnicodeDecodeError:
+        raise PicoragError(f"{path}: not UTF-8") from None
 
 
 # -- running -------------------------------------------------------------------------------------

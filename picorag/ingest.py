@@ -112,13 +112,19 @@ def read_jsonl(path: Path) -> Iterator[Record]:
         raise PicoragError(f"{path}: cannot read ({e})") from None
 
 
-def _jsonl_record(line: str, where: str, pid: str, lineno: int) -> Record:
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as a dict, or a PicoragError naming `where` (file:line)."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise PicoragError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
         raise PicoragError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _jsonl_record(line: str, where: str, pid: str, lineno: int) -> Record:
+    obj = json_object(line, where)
     text = obj.get("content", obj.get("text"))
     if not isinstance(text, str):
         raise PicoragError(f"{where}: record needs a string 'content' or 'text' field")
