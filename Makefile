@@ -25,4 +25,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_bm25.py
 
 clean:
-	rm -rf $(VENV) .demo-kb
+	rm -rf $(VENV) .demo-kb .demo-kb-en

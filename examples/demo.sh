@@ -13,6 +13,13 @@ say picorag search "$KB" "公民的基本权利" -k 3 --where short_name=宪法
 say picorag search "$KB" "which fins do fish use to steer" -k 3
 say picorag search "$KB" "airborne radar developed in India" -k 2 --where source=en.wikipedia.org
 say picorag search "$KB" "民法典第五百九十条" -k 1 --json
+
+# Dense vectors (all-MiniLM-L6-v2, shipped inside a PyPI package) on the English passages: a question
+# that shares few words with its passage, answered by BM25, dense and hybrid retrieval side by side.
+say picorag build "$KB-en" --from examples/wiki/passages.jsonl --dense minilm
+for mode in bm25 dense hybrid; do
+  say picorag search "$KB-en" "a sea creature's underside limbs that help it stay balanced" -k 2 --mode "$mode"
+done
 if [ -d ../shared/data/law/eval ]; then  # the graded questions live beside the repo, not in it
   say picorag eval "$KB" --dataset ../shared/data/law/eval/law_eval_set.jsonl
 fi
