@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .generate import Generator, load_generator
+from .generate import Generator, complete, load_generator
 from .prompt import Message, fit_documents, resolve_citations, system_prompt
 from .records import Hit, PicoragError
 from .strategies import retrieve
@@ -29,10 +29,11 @@ class Answer:
     hits: list[Hit]
     messages: list[Message]  # the conversation the generator saw (documents after the token budget)
     timings: dict[str, float] = field(default_factory=dict)
+    query: str = ""  # what was searched: the question, or its stand-alone rewrite in a chat
 
     def to_dict(self) -> dict[str, Any]:
         retrieval = next((m for m in self.messages if m["role"] == "retrieval"), {})
-        return {"answer": self.text, "citations": self.citations,
+        return {"answer": self.text, "query": self.query, "citations": self.citations,
                 "retrieval": [h.to_dict() for h in self.hits],
                 **({"hops": retrieval["hops"]} if retrieval.get("multi_hop") else {}),
                 "timings": self.timings}
@@ -42,12 +43,14 @@ def ask(kb: KnowledgeBase, question: str, generator: Generator | None = None, k:
         strategy: str = "plain", history: Sequence[Message] = (), max_tokens: int = 256,
         on_token: Callable[[str], None] | None = None, **search: Any) -> Answer:
     """Retrieve with `strategy`, fit the passages into the generator's window, stream the answer
-    (each piece also goes to `on_token`), and map its [i] markers back to chunk ids."""
+    (each piece also goes to `on_token`), and map its [i] markers back to chunk ids. With a
+    `history` (earlier user/assistant turns), the question is first rewritten to stand alone."""
     if not question or not question.strip():
         raise PicoragError("empty question")
     gen = generator or load_generator("extractive")
     t0 = time.perf_counter()
-    hits, retrieval = retrieve(kb, question, strategy, gen, k=k, **search)
+    query = standalone(question, history, gen)
+    hits, retrieval = retrieve(kb, query, strategy, gen, k=k, **search)
     t1 = time.perf_counter()
     messages = _fit([{"role": "system", "content": system_prompt(question)}, *history, retrieval,
                      {"role": "user", "content": question}], gen, max_tokens)
@@ -62,7 +65,29 @@ def ask(kb: KnowledgeBase, question: str, generator: Generator | None = None, k:
     docs = [d for m in messages if m["role"] == "retrieval" for d in _docs(m)]
     text, citations = resolve_citations("".join(pieces), docs)
     timings = {"retrieval_s": t1 - t0, "first_token_s": (first or t2) - t0, "total_s": t2 - t0}
-    return Answer(question, text, citations, hits, messages, timings)
+    return Answer(question, text, citations, hits, messages, timings, query)
+
+
+REWRITE = ("Rewrite the last user question so that it can be understood without the conversation. "
+           "Reply with the rewritten question only.")
+
+
+def standalone(question: str, history: Sequence[Message], gen: Generator) -> str:
+    """A follow-up question made to stand alone for retrieval ("and the penalty?" -> a full question).
+
+    A writing generator rewrites it from the conversation; otherwise (extractive) the previous user
+    question is added for its topic terms, and the new question is said twice so that it still
+    outweighs the context it borrows (BM25 counts repeated query terms).
+    """
+    previous = [m["content"] for m in history if m["role"] == "user"]
+    if not previous:
+        return question
+    if gen.can_write:
+        turns = "\n".join(f"{m['role']}: {m['content']}" for m in history if m["role"] in ("user", "assistant"))
+        rewritten = complete(gen, [{"role": "system", "content": REWRITE},
+                                   {"role": "user", "content": f"{turns}\nuser: {question}"}], 64)
+        return rewritten.splitlines()[0].strip() if rewritten.strip() else question
+    return f"{question} {previous[-1]} {question}"
 
 
 def _docs(m: Message) -> list[dict[str, Any]]:

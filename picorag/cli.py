@@ -118,19 +118,117 @@ def snippet(text: str, width: int = 160) -> str:
     return "".join(out)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
+def generator_of(args: argparse.Namespace) -> Any:
+    from .generate import load_generator
 
-    from .evaluate import evaluate
+    options: dict[str, Any] = {}
+    if args.generator == "openai":
+        options = {"base_url": args.base_url, "model": args.model, "timeout": args.timeout}
+    elif args.generator == "local" and args.model:
+        options = {"path": args.model}
+    return load_generator(args.generator, **options)
+
+
+def print_sources(answer: Any) -> None:
+    if answer.citations:
+        print("\nSources:")
+        for c in answer.citations:
+            print(f"  [{c['n']}] {c['citation']}  ({c['id']})")
+    else:
+        print("\n(no passage cited)")
+
+
+def cmd_ask(args: argparse.Namespace) -> None:
+    from .answer import ask
     from .kb import KnowledgeBase
 
     kb = KnowledgeBase.open(args.kb)
+    live = sys.stdout.isatty() and not args.json  # stream tokens on a terminal, print once otherwise
+    answer = ask(kb, args.question, generator_of(args), k=args.k, strategy=args.strategy, max_tokens=args.max_tokens,
+                 on_token=(lambda t: print(t, end="", flush=True)) if live else None,
+                 where=parse_where(args.where), **search_options(args), **strategy_options(args))
+    if args.json:
+        _emit(args, answer.to_dict(), "")
+        return
+    print("" if live else answer.text)
+    print_sources(answer)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .answer import ask
+    from .kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb)
+    gen = generator_of(args)
+    history: list[dict[str, str]] = []
+    print(f"picorag chat on {args.kb} ({gen.name} generator). Type quit or press Ctrl-D to leave.")
+    while True:
+        try:
+            question = input("\nyou> ").strip()
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print()
+            return 0
+        if question.lower() in ("quit", "exit", ":q"):
+            return 0
+        if not question:
+            continue
+        print("picorag> ", end="", flush=True)
+        try:
+            answer = ask(kb, question, gen, k=args.k, strategy=args.strategy, history=history,
+                         max_tokens=args.max_tokens, on_token=lambda t: print(t, end="", flush=True),
+                         where=parse_where(args.where), **search_options(args), **strategy_options(args))
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
+            print("\n(stopped)")
+            continue
+        except PicoragError as e:
+            print(f"\npicorag: error: {e}")
+            continue
+        print()
+        if answer.query != question:
+            print(f"(searched for: {answer.query})")
+        print_sources(answer)
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
+
+
+def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_hops": args.max_hops, "top_k_per_hop": args.top_k_per_hop} if args.strategy == "multi-hop" else {}
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .evaluate import evaluate, evaluate_qa
+    from .kb import KnowledgeBase
+
+    kb = KnowledgeBase.open(args.kb)
+    progress = lambda it: tqdm(it, desc="eval", disable=None, leave=False)  # noqa: E731
+    if args.qa:
+        from .answer import ask
+        from .prompt import strip_markers
+
+        gen = generator_of(args)
+        res = evaluate_qa(lambda q: strip_markers(ask(kb, q, gen, k=args.k, strategy=args.strategy,
+                                                      **search_options(args), **strategy_options(args)).text),
+                          args.qa, progress=progress)
+        _emit(args, res, f"{res['n']} questions, {res['qps']:.1f} q/s: EM {res['em']:.4f}  F1 {res['f1']:.4f}")
+        return
+    if not args.dataset:
+        raise PicoragError("give --dataset (retrieval: BEIR dir or gold JSONL) or --qa (answers: EM/F1)")
     match = [m.strip() for m in args.match.split(",") if m.strip()]
     opts = search_options(args)
-    opts["fetch"] = not os.path.isdir(args.dataset)  # BEIR judges doc ids only: skip fetching text
-    res = evaluate(lambda q, n: kb.search(q, k=n, **opts), args.dataset, k=args.k, match=match,
-                   progress=lambda it: tqdm(it, desc="eval", disable=None, leave=False),
-                   search_many=lambda qs, n: kb.search_many(qs, k=n, **opts))
+    if args.strategy != "plain":  # strategies run query by query, through the generator if they need one
+        from .strategies import retrieve
+
+        gen = generator_of(args)
+        res = evaluate(lambda q, n: retrieve(kb, q, args.strategy, gen, k=n, **opts, **strategy_options(args))[0],
+                       args.dataset, k=args.k, match=match, progress=progress)
+    else:
+        opts["fetch"] = not os.path.isdir(args.dataset)  # BEIR judges doc ids only: skip fetching text
+        res = evaluate(lambda q, n: kb.search(q, k=n, **opts), args.dataset, k=args.k, match=match,
+                       progress=progress, search_many=lambda qs, n: kb.search_many(qs, k=n, **opts))
     keys = [f"hit@{args.k}", f"mrr@{args.k}", "ndcg@10", "recall@100"]
     lines = [f"{res['n']} queries, {res['qps']:.0f} q/s: " + "  ".join(f"{key} {res[key]:.4f}" for key in keys)]
     for tag, m in res.get("by_tag", {}).items():
@@ -150,6 +248,19 @@ def mode_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cut", type=float, default=0.2, help="drop candidates below this x the top score (0.2)")
     sp.add_argument("--nprobe", type=int, help="IVF lists to probe (ivfpq index)")
     sp.add_argument("--rerank", metavar="DIR", help="cross-encoder directory (ONNX or sentence-transformers)")
+
+
+def answer_args(sp: argparse.ArgumentParser) -> None:
+    from .generate import GENERATORS
+    from .strategies import STRATEGIES
+
+    sp.add_argument("--generator", default="extractive", choices=GENERATORS, help="default: extractive (no model)")
+    sp.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8080/v1 (openai)")
+    sp.add_argument("--model", help="model name (openai) or GGUF path (local); key from OPENAI_API_KEY")
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the endpoint (openai)")
+    sp.add_argument("--strategy", default="plain", choices=STRATEGIES, help="query strategy (default plain)")
+    sp.add_argument("--max-hops", type=int, default=3, help="multi-hop: retrieval rounds (default 3)")
+    sp.add_argument("--top-k-per-hop", type=int, default=3, help="multi-hop: passages per round (default 3)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,11 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="metadata filter; repeat a key for any-of, different keys must all match")
     mode_args(sp)
 
-    sp = command("eval", cmd_eval, "measure retrieval on a BEIR directory or a gold JSONL")
-    sp.add_argument("--dataset", required=True, metavar="PATH")
+    for name, fn, text in (("ask", cmd_ask, "answer a question with citations"),
+                           ("chat", cmd_chat, "multi-turn questions and answers (quit or Ctrl-D to leave)")):
+        sp = command(name, fn, text)
+        if name == "ask":
+            sp.add_argument("question")
+        sp.add_argument("-k", type=int, default=5, help="passages given to the generator (default 5)")
+        sp.add_argument("--where", action="append", metavar="KEY=VALUE", help="metadata filter, as in search")
+        sp.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
+        mode_args(sp)
+        answer_args(sp)
+
+    sp = command("eval", cmd_eval, "measure retrieval (BEIR dir or gold JSONL) or answers (--qa, EM/F1)")
+    sp.add_argument("--dataset", metavar="PATH")
+    sp.add_argument("--qa", metavar="FILE", help='JSONL of {"question", "answers": [...]}: exact match and F1')
     sp.add_argument("-k", type=int, default=5)
     sp.add_argument("--match", default="law,article", help="gold keys a hit must match (default law,article)")
     mode_args(sp)
+    answer_args(sp)
 
     sub.add_parser("micro", help="the dependency-free teaching RAG (pure Python); see picorag micro --help")
     return p

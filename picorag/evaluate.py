@@ -13,7 +13,9 @@ that tests check on hand-computed cases:
 from __future__ import annotations
 
 import math
+import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,3 +180,60 @@ def evaluate(search: SearchFn, dataset: str | Path, k: int = 5, match: Sequence[
 
 def _mean(ms: list[dict[str, float]]) -> dict[str, float]:
     return {key: sum(m[key] for m in ms) / len(ms) for key in ms[0]} if ms else {}
+
+
+# -- answers (QA) --------------------------------------------------------------------------------
+
+_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalize_answer(text: str) -> list[str]:
+    """SQuAD-style: lowercase, punctuation and English articles removed, whitespace tokens; CJK
+    characters count one token each (Chinese has no spaces to split on)."""
+    text = _PUNCT.sub(" ", text.lower())
+    tokens: list[str] = []
+    for word in text.split():
+        if word in ("a", "an", "the"):
+            continue
+        tokens += re.findall(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+",
+                             word)
+    return tokens
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> float:
+    return float(any(normalize_answer(prediction) == normalize_answer(a) for a in answers))
+
+
+def token_f1(prediction: str, answers: Sequence[str]) -> float:
+    """Best F1 over the reference answers of the bag-of-tokens overlap."""
+    pred = normalize_answer(prediction)
+    best = 0.0
+    for a in answers:
+        gold = normalize_answer(a)
+        common = sum((Counter(pred) & Counter(gold)).values())
+        if not pred or not gold:
+            best = max(best, float(pred == gold))
+        elif common:
+            p, r = common / len(pred), common / len(gold)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def evaluate_qa(answer: Callable[[str], str], path: str | Path, progress: Callable = iter) -> dict[str, Any]:
+    """EM and token F1 of `answer(question)` over a JSONL of {"question", "answers": [...]}."""
+    path = Path(path)
+    if not path.is_file():
+        raise PicoragError(f"QA file not found: {path}")
+    rows = _read_jsonl(path)
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get("question"), str) or not isinstance(r.get("answers"), list) or not r["answers"]:
+            raise PicoragError(f"{path}:{i}: record needs a string 'question' and a non-empty 'answers' list")
+    t0 = time.perf_counter()
+    scores = []
+    for r in progress(rows):
+        pred = answer(r["question"])
+        refs = [str(a) for a in r["answers"]]
+        scores.append((exact_match(pred, refs), token_f1(pred, refs)))
+    seconds = time.perf_counter() - t0
+    return {"n": len(rows), "em": sum(e for e, _ in scores) / len(rows), "f1": sum(f for _, f in scores) / len(rows),
+            "qps": len(rows) / seconds if seconds else float("inf"), "dataset": str(path)}

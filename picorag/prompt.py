@@ -134,6 +134,11 @@ def render(messages: Sequence[Message], add_generation_prompt: bool = True) -> s
 _MARKER = re.compile(r"\[(\d+(?:\s*[,，、]\s*\d+)*)\]")
 
 
+def strip_markers(answer: str) -> str:
+    """The answer without its [i] citation markers (for scoring against reference answers)."""
+    return re.sub(r"\s+", " ", _MARKER.sub("", answer)).strip()
+
+
 def resolve_citations(answer: str, docs: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """Map [i] markers to documents; markers that cite nothing are dropped from the text.
 
