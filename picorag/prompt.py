@@ -45,7 +45,7 @@ Message = dict[str, Any]
 def document(hit: Hit) -> dict[str, Any]:
     """A retrieved chunk as a conversation document (nanochat's doc.to_dict() shape, plus citation)."""
     return {"id": hit.id, "title": hit.meta.get("title", ""), "content": hit.text,
-            "source": hit.meta.get("source_path", hit.meta.get("source", "")), "score": hit.score,
+            "source": hit.meta.get("source") or hit.meta.get("source_path", ""), "score": hit.score,
             "citation": hit.citation}
 
 
