@@ -193,6 +193,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
         history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer.text}]
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .server import serve
+
+    serve(args.kb, args.host, args.port, args.api_key, generator_of(args))
+
+
 def strategy_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"max_hops": args.max_hops, "top_k_per_hop": args.top_k_per_hop} if args.strategy == "multi-hop" else {}
 
@@ -319,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-k", type=int, default=5)
     sp.add_argument("--match", default="law,article", help="gold keys a hit must match (default law,article)")
     mode_args(sp)
+    answer_args(sp)
+
+    sp = command("serve", cmd_serve, "HTTP API, OpenAI-compatible endpoint and web page")
+    sp.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (other addresses need --api-key)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--api-key", help="required on every endpoint but /health (or set PICORAG_API_KEY)")
     answer_args(sp)
 
     sub.add_parser("micro", help="the dependency-free teaching RAG (pure Python); see picorag micro --help")

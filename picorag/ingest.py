@@ -14,6 +14,7 @@ a file's doc_id is its path relative to the working directory, so the same input
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import json
 import os
@@ -36,11 +37,15 @@ def suffix_of(path: Path) -> str:
     return ".jsonl.gz" if name.endswith(".jsonl.gz") else path.suffix.lower()
 
 
+ID_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("ID_ROOT", default=None)
+
+
 def path_id(path: Path) -> str:
-    """Stable id for a file: its path relative to the working directory (absolute when outside)."""
+    """Stable id for a file: its path relative to the working directory (absolute when outside), or
+    relative to ID_ROOT when a caller sets it (the server names uploads after the file alone)."""
     p = Path(os.path.abspath(path))
     try:
-        return p.relative_to(Path.cwd()).as_posix()
+        return p.relative_to(ID_ROOT.get() or Path.cwd()).as_posix()
     except ValueError:
         return p.as_posix()
 

@@ -36,7 +36,7 @@ from .analyze import Analyzer
 from .bm25 import BM25Params, Postings, merge
 from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE, chunk_record
 from .encoders import Encoder, auto_encoder_name, embed, load_encoder
-from .ingest import read_paths
+from .ingest import ID_ROOT, read_paths
 from .records import Chunk, Hit, PicoragError
 from .segment import Segment, fsync_dir, write_segment
 from .vectors import KINDS, make_index
@@ -245,12 +245,17 @@ class KnowledgeBase:
         _collect_garbage(self.path, self.manifest)
 
     def add(self, sources: Iterable[str | Path] = (), warn: Warn | None = None, dense: str | None = None,
-            index: str = "flat") -> dict[str, int]:
+            index: str = "flat", id_root: Path | None = None) -> dict[str, Any]:
         """Add documents: new ones are indexed, unchanged ones skipped, changed ones replaced.
-        `dense` gives a KB without vectors its vectors (all existing chunks are embedded)."""
+        `dense` gives a KB without vectors its vectors (all existing chunks are embedded); file ids
+        are relative to `id_root` when given (else to the working directory)."""
         warn = warn or (lambda m: None)
         ch = self.manifest["chunking"]
-        chunks, hashes = collect_chunks(sources, ch["size"], ch["overlap"], warn)
+        token = ID_ROOT.set(id_root)
+        try:
+            chunks, hashes = collect_chunks(sources, ch["size"], ch["overlap"], warn)
+        finally:
+            ID_ROOT.reset(token)
         with write_lock(self.path):
             self._reload()
             if dense is not None:
@@ -259,8 +264,9 @@ class KnowledgeBase:
             unchanged = {d for d, h in hashes.items() if existing.get(d) == h}
             replaced = [d for d in hashes if d in existing and d not in unchanged]
             new_chunks = [c for c in chunks if c.doc_id not in unchanged]
-            stats = {"added": len(hashes) - len(unchanged) - len(replaced), "replaced": len(replaced),
-                     "unchanged": len(unchanged), "chunks": len(new_chunks)}
+            stats: dict[str, Any] = {"added": len(hashes) - len(unchanged) - len(replaced), "replaced": len(replaced),
+                                     "unchanged": len(unchanged), "chunks": len(new_chunks),
+                                     "chunk_ids": [c.id for c in new_chunks]}
             if not new_chunks:
                 return stats
             manifest = json.loads(json.dumps(self.manifest))

@@ -67,14 +67,14 @@ def test_reopen_gives_same_results(kb):
 def test_add_is_incremental_idempotent_and_replaces(kb, tmp_path):
     before = kb.info()
     src = write_jsonl(tmp_path / "docs.jsonl", DOCS)
-    assert kb.add([src]) == {"added": 0, "replaced": 0, "unchanged": 5, "chunks": 0}
+    assert kb.add([src]) == {"added": 0, "replaced": 0, "unchanged": 5, "chunks": 0, "chunk_ids": []}
     assert kb.info()["generation"] == before["generation"]  # nothing committed
 
     changed = [dict(d) for d in DOCS]
     changed[1]["content"] = "Dogs howl at the moon."
     changed.append({"id": "owl", "title": "Owls", "content": "Owls hunt mice at night."})
     stats = kb.add([write_jsonl(tmp_path / "docs.jsonl", changed)])  # same file, edited
-    assert stats == {"added": 1, "replaced": 1, "unchanged": 4, "chunks": 2}
+    assert stats == {"added": 1, "replaced": 1, "unchanged": 4, "chunks": 2, "chunk_ids": ["dog-0", "owl-0"]}
     assert kb.search("carrier") == []  # the old dog chunk is gone
     assert ids(kb.search("howl")) == ["dog-0"]
     assert ids(kb.search("owls mice")) == ["owl-0"]

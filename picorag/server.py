@@ -1,0 +1,305 @@
+"""HTTP server: JSON API, an OpenAI-compatible chat endpoint, and the web page at `/`.
+
+    picorag serve KB [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+
+Readers get a snapshot: each request uses the KnowledgeBase object that was current when it began,
+and a new one is opened when the manifest changes, so a search during a write sees the old KB or
+the new one, never a mix. Writes go through the KB's own lock.
+
+>>> app = create_app("my-kb")          # doctest: +SKIP
+>>> uvicorn.run(app, port=8000)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request  # module level: FastAPI resolves the endpoints' annotations here
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from .answer import Answer, ask
+from .generate import Generator, load_generator
+from .ingest import SUFFIXES, suffix_of
+from .kb import KnowledgeBase
+from .prompt import document
+from .records import PicoragError
+
+MAX_BODY = 20 * 1024 * 1024  # bytes per request (uploads included)
+SEARCH_FIELDS = ("mode", "fusion", "recall_factor", "cut", "nprobe")
+
+
+class Snapshots:
+    """The current KnowledgeBase, reopened when the manifest on disk changes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self.kb = KnowledgeBase.open(self.path)
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        st = (self.path / "manifest.json").stat()
+        return st.st_mtime_ns, st.st_ino
+
+    def current(self) -> KnowledgeBase:
+        stamp = self._stamp()
+        if stamp != self.stamp:
+            with self.lock:
+                if stamp != self.stamp:  # requests still holding the old object keep using it
+                    self.kb, self.stamp = KnowledgeBase.open(self.path), stamp
+        return self.kb
+
+
+def safe_upload_name(name: str) -> str:
+    """The file's own name only: no directories, no hidden names, a supported type."""
+    base = os.path.basename(name.replace("\\", "/")).strip()
+    if not base or base.startswith(".") or len(base) > 200 or re.search(r"[\x00-\x1f]", base):
+        raise PicoragError(f"invalid file name {name!r}")
+    if suffix_of(Path(base)) not in SUFFIXES:
+        raise PicoragError(f"unsupported file type {base!r}; supported: {', '.join(sorted(SUFFIXES))}")
+    return base
+
+
+def create_app(kb_path: str | Path, api_key: str | None = None, generator: Generator | None = None,
+               max_body: int = MAX_BODY) -> FastAPI:
+    """The FastAPI application serving one KB."""
+    snaps = Snapshots(kb_path)
+    gen = generator or load_generator("extractive")
+    app = FastAPI(title="picorag", version="0.1.0", description="Local retrieval-augmented generation with citations")
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "status": status}}, status_code=status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path not in ("/health", "/", "/docs", "/openapi.json"):
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            given = given or request.headers.get("x-api-key", "")
+            if not hmac.compare_digest(given.encode(), api_key.encode()):  # constant time
+                return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > max_body):
+            return error(413, f"request body over {max_body} bytes")
+        try:
+            return await call_next(request)
+        except PicoragError as e:
+            return error(400, str(e))
+        except Exception as e:  # never a stack trace to the client
+            return error(500, f"internal error: {type(e).__name__}")
+
+    def body_of(raw: bytes) -> dict[str, Any]:
+        if len(raw) > max_body:
+            raise PicoragError(f"request body over {max_body} bytes")
+        try:
+            obj = json.loads(raw or b"{}")
+        except json.JSONDecodeError as e:
+            raise PicoragError(f"request body is not JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise PicoragError("request body must be a JSON object")
+        return obj
+
+    def search_args(b: dict[str, Any]) -> dict[str, Any]:
+        where = b.get("where") or None
+        if where is not None and (not isinstance(where, dict) or
+                                  not all(isinstance(v, str | list) for v in where.values())):
+            raise PicoragError('"where" must be an object of key: value or key: [values]')
+        k = b.get("k", 5)
+        if not isinstance(k, int) or not 1 <= k <= 100:
+            raise PicoragError('"k" must be an integer from 1 to 100')
+        return {"k": k, "where": where, **{f: b[f] for f in SEARCH_FIELDS if b.get(f) is not None}}
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/kb")
+    def kb_info() -> dict[str, Any]:
+        return snaps.current().info()
+
+    @app.post("/search")
+    async def search(request: Request) -> dict[str, Any]:
+        b = body_of(await request.body())
+        query = b.get("query")
+        if not isinstance(query, str):
+            raise PicoragError('"query" (a string) is required')
+        kb, t0 = snaps.current(), time.perf_counter()
+        strategy = b.get("strategy", "plain")
+        args = search_args(b)
+        if strategy == "plain":
+            hits = kb.search(query, **args)
+        else:
+            from .strategies import retrieve
+
+            hits = retrieve(kb, query, strategy, gen, **args)[0]
+        return {"query": query, "mode": args.get("mode") or ("hybrid" if kb.manifest.get("dense") else "bm25"),
+                "hits": [h.to_dict() for h in hits], "took_ms": (time.perf_counter() - t0) * 1000}
+
+    def run_ask(question: str, b: dict[str, Any], history: list[dict[str, Any]], on_token: Any = None) -> Answer:
+        if not isinstance(question, str):
+            raise PicoragError('"question" (a string) is required')
+        return ask(snaps.current(), question, gen, strategy=b.get("strategy", "plain"), history=history,
+                   max_tokens=int(b.get("max_tokens", 256)), on_token=on_token, **search_args(b))
+
+    def streamed(produce: Any, frame: Any) -> StreamingResponse:
+        """Run `produce(on_token)` in a thread and stream what it yields as server-sent events."""
+        import queue
+
+        q: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                q.put(("done", produce(lambda t: q.put(("token", t)))))
+            except Exception as e:  # reported to the client as an event, not a stack trace
+                q.put(("error", str(e) if isinstance(e, PicoragError) else f"internal error: {type(e).__name__}"))
+
+        threading.Thread(target=work, daemon=True).start()
+
+        def events() -> Iterator[str]:
+            while True:
+                kind, value = q.get()
+                yield from frame(kind, value)
+                if kind != "token":
+                    return
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/ask")
+    async def ask_endpoint(request: Request) -> Any:
+        b = body_of(await request.body())
+        if not b.get("stream"):
+            return run_ask(b.get("question"), b, []).to_dict()
+        run_ask_args = (b.get("question"), b, [])
+        if not isinstance(run_ask_args[0], str) or not run_ask_args[0].strip():
+            raise PicoragError('"question" (a non-empty string) is required')
+
+        def frame(kind: str, value: Any) -> Iterator[str]:
+            if kind == "token":
+                yield f"event: token\ndata: {json.dumps({'text': value}, ensure_ascii=False)}\n\n"
+            elif kind == "done":
+                yield f"event: sources\ndata: {json.dumps(value.to_dict(), ensure_ascii=False)}\n\n"
+                yield "event: done\ndata: {}\n\n"
+            else:
+                yield f"event: error\ndata: {json.dumps({'message': value}, ensure_ascii=False)}\n\n"
+
+        return streamed(lambda on_token: run_ask(*run_ask_args, on_token=on_token), frame)
+
+    @app.post("/documents")
+    async def add_documents(request: Request) -> dict[str, Any]:
+        """JSON {"documents": [{"id", "title", "content", ...}]} or multipart file uploads."""
+        kb = snaps.current()
+        with tempfile.TemporaryDirectory(prefix="upload-", dir=kb.path) as tmp:
+            root = Path(tmp)
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                form = await request.form()
+                files = [f for f in form.values() if hasattr(f, "filename")]
+                if not files:
+                    raise PicoragError("no files in the upload")
+                for f in files:
+                    name = safe_upload_name(f.filename or "")
+                    with open(root / name, "wb") as out:  # name has no directory part: stays in tmp
+                        shutil.copyfileobj(f.file, out)
+            else:
+                docs = body_of(await request.body()).get("documents")
+                if not isinstance(docs, list) or not docs:
+                    raise PicoragError('"documents" must be a non-empty list of {"id", "title", "content"}')
+                with open(root / "documents.jsonl", "w", encoding="utf-8") as out:
+                    for d in docs:
+                        out.write(json.dumps(d, ensure_ascii=False) + "\n")
+            warnings: list[str] = []
+            stats = kb.add([root], warn=warnings.append, id_root=root)
+        snaps.current()
+        return {**stats, "warnings": warnings}
+
+    @app.delete("/documents/{doc_id:path}")
+    def delete_document(doc_id: str) -> dict[str, Any]:
+        return snaps.current().delete(doc_ids=[doc_id])
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "picorag", "object": "model", "created": 0, "owned_by": "picorag"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        b = body_of(await request.body())
+        msgs = b.get("messages")
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) for m in msgs):
+            raise PicoragError('"messages" must be a non-empty list of {"role", "content"}')
+        users = [i for i, m in enumerate(msgs) if m.get("role") == "user"]
+        if not users or not isinstance(msgs[users[-1]].get("content"), str):
+            raise PicoragError("the conversation needs a user message with text content")
+        last = users[-1]
+        history = [{"role": m["role"], "content": m["content"]} for m in msgs[:last]
+                   if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)]
+        question = msgs[last]["content"]
+        options = {**b, "max_tokens": b.get("max_tokens") or 256}
+        cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), b.get("model", "picorag")
+
+        def sources_text(a: Answer) -> str:
+            lines = [f"[{c['n']}] {c['citation']}" for c in a.citations]
+            return "\n\nSources:\n" + "\n".join(lines) if lines else ""
+
+        def sources(a: Answer) -> list[dict[str, Any]]:
+            return [{**c, **document(next(h for h in a.hits if h.id == c["id"]))} for c in a.citations]
+
+        if not b.get("stream"):
+            a = run_ask(question, options, history)
+            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": a.text + sources_text(a)}}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                    "sources": sources(a)}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+        def frame(kind: str, value: Any) -> Iterator[str]:
+            if kind == "token":
+                yield chunk({"content": value})
+            elif kind == "done":
+                yield chunk({"content": sources_text(value)}, "stop", sources=sources(value))
+                yield "data: [DONE]\n\n"
+            else:
+                yield f"data: {json.dumps({'error': {'message': value}}, ensure_ascii=False)}\n\n"
+
+        return streamed(lambda on_token: run_ask(question, options, history, on_token), frame)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return resources.files("picorag").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @app.exception_handler(PicoragError)
+    async def bad_input(request: Request, exc: PicoragError) -> JSONResponse:
+        return error(400, str(exc))
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return error(404, f"no such endpoint: {request.method} {request.url.path}")
+
+    return app
+
+
+def serve(kb_path: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          generator: Generator | None = None) -> None:
+    """Run the server (blocking). Binding beyond loopback requires an API key."""
+    import uvicorn
+
+    api_key = api_key or os.environ.get("PICORAG_API_KEY") or None
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        raise PicoragError(f"binding to {host} exposes the KB beyond this machine: set --api-key or PICORAG_API_KEY")
+    app = create_app(kb_path, api_key=api_key, generator=generator)
+    print(f"picorag serving {kb_path} at http://{host}:{port}/  (API docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
