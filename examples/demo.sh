@@ -20,8 +20,13 @@ say picorag build "$KB-en" --from examples/wiki/passages.jsonl --dense minilm
 for mode in bm25 dense hybrid; do
   say picorag search "$KB-en" "a sea creature's underside limbs that help it stay balanced" -k 2 --mode "$mode"
 done
+# Answers with citations (extractive: quotes the passages, never invents)
+say picorag ask "$KB" "因不可抗力不能履行合同，还要承担责任吗？" -k 3
+say picorag ask "$KB-en" "What are pelvic fins homologous to?" -k 2
+
 if [ -d ../shared/data/law/eval ]; then  # the graded questions live beside the repo, not in it
   say picorag eval "$KB" --dataset ../shared/data/law/eval/law_eval_set.jsonl
 fi
 echo
 echo "Done. Try your own: picorag search $KB \"your question\" (the venv is .venv: source .venv/bin/activate)"
+echo "Web page and API: .venv/bin/picorag serve $KB-en   then open http://127.0.0.1:8000/  (API docs: /docs)"
