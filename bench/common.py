@@ -89,6 +89,36 @@ def per_second(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between order statistics (numpy's default).
+
+    >>> percentile([1, 2, 3, 4], 50), percentile([1, 2, 3, 4], 95)
+    (2.5, 3.85)
+    """
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """p50 / p95 / mean / min of per-call times, in milliseconds, and the number of calls."""
+    ms = [s * 1e3 for s in seconds]
+    return {"n": len(ms), "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95),
+            "mean_ms": sum(ms) / len(ms) if ms else float("nan"), "min_ms": min(ms) if ms else float("nan")}
+
+
+def loadavg() -> list[float]:
+    """1-, 5- and 15-minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 # -- memory and machine --------------------------------------------------------------------------
 
 
