@@ -26,8 +26,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the endpoints' annotations here
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .answer import Answer, ask
 from .generate import Generator, load_generator
@@ -38,6 +39,11 @@ from .records import PicoragError
 
 MAX_BODY = 20 * 1024 * 1024  # bytes per request (uploads included)
 SEARCH_FIELDS = ("mode", "fusion", "recall_factor", "cut", "nprobe")
+STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+          "favicon.svg": "image/svg+xml"}
+OPEN_PATHS = ("/health", "/", "/docs", "/openapi.json", *(f"/static/{n}" for n in STATIC))
+# metadata keys offered first as filters (statutes, then generic sources); others follow by fewest values
+FACET_ORDER = ("law", "short_name", "kind", "source", "title", "book", "chapter", "language", "source_path")
 
 
 class Snapshots:
@@ -72,6 +78,24 @@ def safe_upload_name(name: str) -> str:
     return base
 
 
+def facets(kb: KnowledgeBase, max_values: int = 100) -> list[dict[str, Any]]:
+    """Metadata keys with 2..max_values distinct non-empty text values over the live chunks, with
+    counts: what the web page offers as filters. Deleted rows are left out in SQL (json_each)."""
+    counts: dict[str, dict[str, int]] = {}
+    for seg in kb.segments:
+        dead = json.dumps(np.flatnonzero(~seg.live).tolist())
+        sql = ("SELECT j.key, j.value, count(*) FROM chunks, json_each(chunks.meta) AS j WHERE j.type = 'text' "
+               "AND j.value != '' AND length(j.value) <= 200 AND chunks.row NOT IN (SELECT value FROM json_each(?)) "
+               "GROUP BY j.key, j.value")
+        for key, value, n in seg.store.con.execute(sql, (dead,)):
+            per_key = counts.setdefault(key, {})
+            per_key[value] = per_key.get(value, 0) + n
+    keys = [k for k, v in counts.items() if 2 <= len(v) <= max_values]
+    keys.sort(key=lambda k: (FACET_ORDER.index(k) if k in FACET_ORDER else len(FACET_ORDER), len(counts[k]), k))
+    return [{"key": k, "values": [{"value": v, "count": n} for v, n in sorted(counts[k].items(), key=lambda x: -x[1])]}
+            for k in keys]
+
+
 def create_app(kb_path: str | Path, api_key: str | None = None, generator: Generator | None = None,
                max_body: int = MAX_BODY) -> FastAPI:
     """The FastAPI application serving one KB."""
@@ -84,7 +108,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path not in ("/health", "/", "/docs", "/openapi.json"):
+        if api_key and request.url.path not in OPEN_PATHS:  # the page itself asks for the key
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             given = given or request.headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), api_key.encode()):  # constant time
@@ -127,6 +151,18 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
     @app.get("/kb")
     def kb_info() -> dict[str, Any]:
         return snaps.current().info()
+
+    facet_cache: dict[tuple[str, int], list[dict[str, Any]]] = {}
+
+    @app.get("/facets")
+    def kb_facets() -> dict[str, Any]:
+        """Metadata keys and their values (with chunk counts), to filter searches by."""
+        kb = snaps.current()
+        stamp = (kb.manifest["updated"], kb.manifest["generation"])
+        if stamp not in facet_cache:
+            facet_cache.clear()
+            facet_cache[stamp] = facets(kb)
+        return {"facets": facet_cache[stamp]}
 
     @app.post("/search")
     async def search(request: Request) -> dict[str, Any]:
@@ -203,11 +239,13 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
             root = Path(tmp)
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 form = await request.form()
-                files = [f for f in form.values() if hasattr(f, "filename")]
+                files = [f for _, f in form.multi_items() if hasattr(f, "filename")]  # values() keeps one per field
                 if not files:
                     raise PicoragError("no files in the upload")
                 for f in files:
                     name = safe_upload_name(f.filename or "")
+                    if (root / name).exists():
+                        raise PicoragError(f"two uploaded files are named {name!r}")
                     with open(root / name, "wb") as out:  # name has no directory part: stays in tmp
                         shutil.copyfileobj(f.file, out)
             else:
@@ -277,9 +315,17 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
 
         return streamed(lambda on_token: run_ask(question, options, history, on_token), frame)
 
+    web = resources.files("picorag").joinpath("web")
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return resources.files("picorag").joinpath("web/index.html").read_text(encoding="utf-8")
+        return web.joinpath("index.html").read_text(encoding="utf-8")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            return error(404, f"no such file: {name}")
+        return Response(web.joinpath(name).read_bytes(), media_type=STATIC[name], headers={"cache-control": "no-cache"})
 
     @app.exception_handler(PicoragError)
     async def bad_input(request: Request, exc: PicoragError) -> JSONResponse:

@@ -72,6 +72,21 @@ def test_health_kb_and_search(server):
         assert "openapi" in c.get("/openapi.json").json()
 
 
+def test_facets_and_page_assets(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        facets = {f["key"]: f["values"] for f in c.get("/facets").json()["facets"]}
+        assert "law" not in facets  # one value only: nothing to choose between
+        assert {v["value"] for v in facets["title"]} == {"Refunds", "Shipping", "民法典"}
+        assert all(v["count"] == 1 for v in facets["title"])
+        page = c.get("/").text
+        assert "/static/app.js" in page and "/static/style.css" in page and "https://" not in page
+        for name, kind in [("app.js", "javascript"), ("style.css", "text/css"), ("favicon.svg", "svg")]:
+            r = c.get(f"/static/{name}")
+            assert r.status_code == 200 and kind in r.headers["content-type"] and "https://" not in r.text
+        assert c.get("/static/../server.py").status_code == 404
+        assert c.get("/static/index.html").status_code == 404
+
+
 def test_errors_are_json_never_a_stack(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         for body, message in [({"query": "  "}, "empty query"), ({}, '"query"'), ({"query": "x", "k": 0}, '"k"'),
@@ -115,6 +130,13 @@ def test_add_and_delete_documents(kb_path, server):
         assert r.status_code == 200 and r.json()["chunk_ids"] == ["notes.md-0"], r.text
         assert not (kb_path.parent / "evil").exists()
         assert not [p for p in kb_path.iterdir() if p.name.startswith("upload-")]  # temp files cleaned up
+        two = [("file", ("a.md", b"Alpacas hum.", "text/markdown")),
+               ("file", ("b.md", b"Bees dance.", "text/markdown"))]
+        r = c.post("/documents", files=two)  # several files under one field name: all of them count
+        assert r.status_code == 200 and r.json()["chunk_ids"] == ["a.md-0", "b.md-0"], r.text
+        same = [("file", ("a.md", b"x", "text/markdown")), ("file", ("d/a.md", b"y", "text/markdown"))]
+        r = c.post("/documents", files=same)
+        assert r.status_code == 400 and "two uploaded files" in r.json()["error"]["message"]
         r = c.post("/documents", files={"file": ("x.exe", b"MZ", "application/octet-stream")})
         assert r.status_code == 400 and "unsupported file type" in r.json()["error"]["message"]
         assert c.delete("/documents/owl").json()["chunks"] == 1
@@ -172,6 +194,8 @@ def test_api_key_and_binding(kb_path):
         with httpx.Client(base_url=s.url, timeout=30) as c:
             assert c.get("/health").status_code == 200  # open for probes
             assert c.get("/kb").status_code == 401
+            assert c.get("/facets").status_code == 401
+            assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200  # asks for the key
             assert c.get("/kb", headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert c.get("/kb", headers={"Authorization": "Bearer s3cret"}).status_code == 200
             assert c.post("/search", json={"query": "refunds"}, headers={"X-API-Key": "s3cret"}).status_code == 200
