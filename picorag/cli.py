@@ -95,14 +95,39 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     from .kb import KnowledgeBase
 
-    hits = KnowledgeBase.open(args.kb).search(args.query, k=args.k, where=parse_where(args.where),
-                                              **search_options(args))
+    kb = KnowledgeBase.open(args.kb)
+    if args.strategy != "plain":
+        return search_strategy(args, kb)
+    hits = kb.search(args.query, k=args.k, where=parse_where(args.where), **search_options(args))
     if args.json:
         _emit(args, [{"id": h.id, "score": h.score, "text": h.text, "meta": h.meta, "citation": h.citation}
                      for h in hits], "")
         return
     if not hits:
         print("no results")
+    for i, h in enumerate(hits, 1):
+        print(f"{i}. [{h.score:.3f}] {h.citation}  ({h.id})\n   {snippet(h.text)}")
+
+
+def search_strategy(args: argparse.Namespace, kb: Any) -> None:
+    """search --strategy hyde|step-back|multi-hop: the hits, and what the strategy searched for."""
+    from .strategies import retrieve
+
+    hits, msg = retrieve(kb, args.query, args.strategy, generator_of(args), k=args.k, where=parse_where(args.where),
+                         **search_options(args), **strategy_options(args))
+    if args.json:
+        _emit(args, {"strategy": args.strategy, "hits": [h.to_dict() for h in hits], "retrieval": msg}, "")
+        return
+    if msg.get("multi_hop"):
+        i = 0
+        for hop in msg["hops"]:
+            print(f"hop {hop['hop']} ({hop['via']}): {hop['query']}")
+            for d in hop["documents"]:
+                i += 1
+                print(f"  {i}. [{d['score']:.3f}] {d['citation']}  ({d['id']})\n     {snippet(d['content'])}")
+        print(f"(stopped: {msg['stop']})")
+        return
+    print(f"({args.strategy}: {msg.get('hypothesis') or msg.get('step_back')})")
     for i, h in enumerate(hits, 1):
         print(f"{i}. [{h.score:.3f}] {h.citation}  ({h.id})\n   {snippet(h.text)}")
 
@@ -307,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--where", action="append", metavar="KEY=VALUE",
                     help="metadata filter; repeat a key for any-of, different keys must all match")
     mode_args(sp)
+    answer_args(sp)  # --strategy, and the generator a strategy may need
 
     for name, fn, text in (("ask", cmd_ask, "answer a question with citations"),
                            ("chat", cmd_chat, "multi-turn questions and answers (quit or Ctrl-D to leave)")):

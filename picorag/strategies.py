@@ -225,4 +225,5 @@ def _phrases(text: str) -> list[str]:
         import jieba
 
         phrases += [w for w in jieba.cut(text) if len(w) >= 2 and re.match(r"[\u3400-\u9fff]", w)]
-    return [p for p in phrases if p]
+    # a run of numbers alone ("102nd 103rd", "2019") names nothing; a name has a capitalised word or is a label
+    return [p for p in phrases if p and (re.search(r"(?:^|\s)[A-Z]", p) or not p.isascii())]
