@@ -40,7 +40,8 @@ def search_options(args: argparse.Namespace) -> dict[str, Any]:
     from .rerank import load_reranker
 
     return {"mode": args.mode, "fusion": args.fusion, "recall_factor": args.recall_factor, "cut": args.cut,
-            "nprobe": args.nprobe, "reranker": load_reranker(args.rerank) if args.rerank else None}
+            "nprobe": args.nprobe, "reranker": load_reranker(args.rerank) if args.rerank else None,
+            "tuned": not args.no_tuned}
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -109,6 +110,29 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"{i}. [{h.score:.3f}] {h.citation}  ({h.id})\n   {snippet(h.text)}")
 
 
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .kb import KnowledgeBase
+    from .tune import TuneConfig, remove_tuned, tune
+
+    if args.remove:
+        KnowledgeBase.open(args.kb)  # a clear error when KB is not a knowledge base
+        had = remove_tuned(args.kb)
+        _emit(args, {"removed": had}, "adapter removed" if had else "no adapter to remove")
+        return
+    cfg = TuneConfig(steps=args.steps, budget_minutes=args.budget_minutes, per_chunk=args.per_chunk,
+                     drop=args.drop, device=args.device)
+    say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
+    r = tune(KnowledgeBase.open(args.kb), cfg, say=say)
+    _emit(args, r, f"tuned {args.kb}: {r['pseudo_queries']} pseudo-queries, {r['steps']} steps on {r['device']} "
+                   f"in {r['seconds']:.0f} s; held-out MRR@10 {_num(r['val_mrr10_before'])} -> "
+                   f"{_num(r['val_mrr10_after'])}" + (" (no step beat the plain encoder: kept it)" if r["identity"]
+                                                   else "; search/ask/eval use it (--no-tuned to compare)"))
+
+
 def search_strategy(args: argparse.Namespace, kb: Any) -> None:
     """search --strategy hyde|step-back|multi-hop: the hits, and what the strategy searched for."""
     from .strategies import retrieve
@@ -151,6 +175,8 @@ def generator_of(args: argparse.Namespace) -> Any:
         options = {"base_url": args.base_url, "model": args.model, "timeout": args.timeout}
     elif args.generator == "local" and args.model:
         options = {"path": args.model}
+    elif args.generator == "gpt":
+        options = {"model": args.model}
     return load_generator(args.generator, **options)
 
 
@@ -279,6 +305,7 @@ def mode_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cut", type=float, default=0.2, help="drop candidates below this x the top score (0.2)")
     sp.add_argument("--nprobe", type=int, help="IVF lists to probe (ivfpq index)")
     sp.add_argument("--rerank", metavar="DIR", help="cross-encoder directory (ONNX or sentence-transformers)")
+    sp.add_argument("--no-tuned", action="store_true", help="ignore the KB's `picorag tune` adapter (to compare)")
 
 
 def answer_args(sp: argparse.ArgumentParser) -> None:
@@ -292,6 +319,84 @@ def answer_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--strategy", default="plain", choices=STRATEGIES, help="query strategy (default plain)")
     sp.add_argument("--max-hops", type=int, default=3, help="multi-hop: retrieval rounds (default 3)")
     sp.add_argument("--top-k-per-hop", type=int, default=3, help="multi-hop: passages per round (default 3)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """picorag train pretrain | prepare-dataset | rag-finetune (the model lab, docs/LAB.md)."""
+    from . import train
+
+    if args.stage == "prepare-dataset":
+        from .dataset import prepare_dataset
+
+        r = prepare_dataset(args.mode, args.output, args.documents or [], k=args.k, p_absent=args.p_absent,
+                            multi_hop=args.multi_hop, test_frac=args.test_frac, per_doc=args.per_doc,
+                            seed=args.seed, warn=_warn)
+        _emit(args, r, "wrote {output}: {train_conversations} training and {test_conversations} test "
+                       "conversations, knowledge base {knowledge_base} ({chunks} chunks)".format(**r))
+        return
+    cfg = train.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                            seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
+                            device=args.device)
+    progress = not args.json
+    if args.stage == "pretrain":
+        model = {"sequence_len": args.seq_len, "n_layer": args.n_layer, "n_head": args.n_head,
+                 "n_embd": args.n_embd, "block_pattern": args.block_pattern}
+        r = train.pretrain(args.sources or [], args.out, model, cfg, kb=args.kb, tokenizer=args.tokenizer,
+                           vocab_size=args.vocab_size, resume=args.resume, progress=progress)
+    else:
+        r = train.rag_finetune(args.data, args.out, cfg, init=args.init, resume=args.resume, progress=progress)
+    _emit(args, r, f"{r['stage']}: step {r['step']}, loss {r['loss']}, validation loss {r['val_loss']}, "
+                   f"{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s on {r['device']}; saved {args.out}")
+
+
+def train_parser(sub: Any) -> None:
+    tp = sub.add_parser("train", help="the model lab: pretrain, prepare-dataset, rag-finetune (docs/LAB.md)")
+    stages = tp.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def stage(name: str, help: str) -> argparse.ArgumentParser:
+        sp = stages.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=cmd_train)
+        sp.add_argument("--json", action="store_true", help="print JSON only on stdout")
+        sp.add_argument("--seed", type=int, default=0)
+        return sp
+
+    def loop_args(sp: argparse.ArgumentParser, steps: int, lr: float) -> None:
+        sp.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory")
+        sp.add_argument("--steps", type=int, default=steps, help=f"optimizer steps in all (default {steps})")
+        sp.add_argument("--batch-size", type=int, default=8, help="sequences per step, all processes (8)")
+        sp.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+        sp.add_argument("--warmup", type=int, default=10, help="warmup steps (default 10)")
+        sp.add_argument("--eval-every", type=int, default=50, help="validation loss every N steps (50)")
+        sp.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
+        sp.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+        sp.add_argument("--resume", action="store_true", help="continue the run in --out up to --steps")
+
+    sp = stage("pretrain", "train a tokenizer and a model from scratch on text files and/or a KB's chunks")
+    sp.add_argument("--from", dest="sources", nargs="+", metavar="PATH", help="text, markdown, JSONL, PDF files")
+    sp.add_argument("--kb", metavar="KB", help="also train on this knowledge base's chunks")
+    sp.add_argument("--tokenizer", metavar="FILE", help="a tokenizer JSON to use instead of training one")
+    sp.add_argument("--vocab-size", type=int, default=2048, help="tokenizer vocabulary (default 2048)")
+    sp.add_argument("--seq-len", type=int, default=256, help="context length in tokens (default 256)")
+    sp.add_argument("--n-layer", type=int, default=4)
+    sp.add_argument("--n-head", type=int, default=4)
+    sp.add_argument("--n-embd", type=int, default=256)
+    sp.add_argument("--block-pattern", default="", help='e.g. "T,T,M,M": attention (T) and Mamba (M) blocks')
+    loop_args(sp, 500, 3e-3)
+
+    sp = stage("prepare-dataset", "example documents and queries, or training conversations from your documents")
+    sp.add_argument("--mode", choices=["example", "build"], required=True)
+    sp.add_argument("--output", required=True, metavar="DIR")
+    sp.add_argument("--documents", nargs="+", metavar="PATH", help="build: JSONL or files to make questions from")
+    sp.add_argument("-k", type=int, default=3, help="passages retrieved per question (default 3)")
+    sp.add_argument("--p-absent", type=float, default=0.2, help="share with the gold passage removed (0.2)")
+    sp.add_argument("--multi-hop", type=float, default=0.2, help="share with a two-hop retrieval message (0.2)")
+    sp.add_argument("--test-frac", type=float, default=0.1, help="questions held out for testing (0.1)")
+    sp.add_argument("--per-doc", type=int, default=2, help="build: questions per document (default 2)")
+
+    sp = stage("rag-finetune", "fine-tune a checkpoint on RAG conversations (loss on the answers only)")
+    sp.add_argument("--data", required=True, metavar="JSONL", help="conversations, as prepare-dataset writes")
+    sp.add_argument("--init", metavar="DIR", help="the pretrained checkpoint to start from")
+    loop_args(sp, 300, 1e-3)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,12 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     mode_args(sp)
     answer_args(sp)
 
+    sp = command("tune", cmd_tune, "adapt dense retrieval to this KB's own text (no labels needed)")
+    sp.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
+    sp.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock cap, embedding included (10)")
+    sp.add_argument("--per-chunk", type=int, default=2, help="pseudo-queries made from each chunk (default 2)")
+    sp.add_argument("--drop", type=float, default=0.4, help="share of rare words dropped from them (0.4)")
+    sp.add_argument("--device", default="auto", help="torch device: auto (GPU when present), cpu, cuda")
+    sp.add_argument("--remove", action="store_true", help="delete the KB's adapter instead")
+
     sp = command("serve", cmd_serve, "HTTP API, OpenAI-compatible endpoint and web page")
     sp.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (other addresses need --api-key)")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--api-key", help="required on every endpoint but /health (or set PICORAG_API_KEY)")
     answer_args(sp)
 
+    train_parser(sub)
     sub.add_parser("micro", help="the dependency-free teaching RAG (pure Python); see picorag micro --help")
     return p
 

@@ -49,6 +49,7 @@ class Options:
     dense_weight: float = 0.5  # for weighted fusion; BM25 gets 1 - dense_weight
     nprobe: int | None = None  # IVF lists probed (default from the index)
     reranker: Reranker | None = None
+    tuned: bool = True  # apply the KB's `picorag tune` query adapter when it has one
 
 
 def allowed(seg: Segment, where: Where | None) -> np.ndarray | None:
@@ -84,9 +85,15 @@ def bm25_ranked(kb: KnowledgeBase, queries: Sequence[str], n: int, where: Where 
 
 
 def dense_ranked(kb: KnowledgeBase, queries: Sequence[str], n: int, where: Where | None = None,
-                 nprobe: int | None = None) -> list[Ranked]:
-    """Dense top-n lists, one per query; queries are encoded in one batch."""
+                 nprobe: int | None = None, tuned: bool = True) -> list[Ranked]:
+    """Dense top-n lists, one per query; queries are encoded in one batch, then mapped by the
+    KB's tuned adapter (tune.py) unless tuned=False."""
+    from .tune import tuned_of
+
     vecs = kb.encoder().encode(list(queries), kind="query")
+    adapter = tuned_of(kb) if tuned else None
+    if adapter is not None:
+        vecs = adapter.apply(vecs)
     masks = [allowed(seg, where) for seg in kb.segments]
     out = []
     for q in vecs:
@@ -137,10 +144,10 @@ def search_many(kb: KnowledgeBase, queries: Sequence[str], k: int = 5, where: Wh
     if mode == "bm25":
         ranked = bm25_ranked(kb, queries, pool, where)
     elif mode == "dense":
-        ranked = dense_ranked(kb, queries, pool, where, o.nprobe)
+        ranked = dense_ranked(kb, queries, pool, where, o.nprobe, o.tuned)
     else:
         sparse = bm25_ranked(kb, queries, pool, where)
-        dense = dense_ranked(kb, queries, pool, where, o.nprobe)
+        dense = dense_ranked(kb, queries, pool, where, o.nprobe, o.tuned)
         ranked = []
         for b, d in zip(sparse, dense, strict=True):
             lists = [dynamic_cut(b, o.cut), dynamic_cut(d, o.cut)]
