@@ -2,9 +2,11 @@
 
     picorag serve KB [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
-Readers get a snapshot: each request uses the KnowledgeBase object that was current when it began,
-and a new one is opened when the manifest changes, so a search during a write sees the old KB or
-the new one, never a mix. Writes go through the KB's own lock.
+Searching, answering and indexing run in worker threads (sync endpoints, `run_in_threadpool`,
+streams in their own thread), so a long request never stalls the event loop. Readers get a snapshot:
+each request uses the KnowledgeBase object that was current when it began, and a new one is opened
+when the manifest changes, so a search during a write sees the old KB or the new one, never a mix.
+Writes go through the KB's own lock.
 
 >>> app = create_app("my-kb")          # doctest: +SKIP
 >>> uvicorn.run(app, port=8000)        # doctest: +SKIP
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the endpoints' annotations here
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from .answer import Answer, ask
 from .generate import Generator, load_generator
@@ -174,11 +177,11 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
         strategy = b.get("strategy", "plain")
         args = search_args(b)
         if strategy == "plain":
-            hits = kb.search(query, **args)
+            hits = await run_in_threadpool(kb.search, query, **args)
         else:
             from .strategies import retrieve
 
-            hits = retrieve(kb, query, strategy, gen, **args)[0]
+            hits = (await run_in_threadpool(retrieve, kb, query, strategy, gen, **args))[0]
         return {"query": query, "mode": args.get("mode") or ("hybrid" if kb.manifest.get("dense") else "bm25"),
                 "hits": [h.to_dict() for h in hits], "took_ms": (time.perf_counter() - t0) * 1000}
 
@@ -215,7 +218,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
     async def ask_endpoint(request: Request) -> Any:
         b = body_of(await request.body())
         if not b.get("stream"):
-            return run_ask(b.get("question"), b, []).to_dict()
+            return (await run_in_threadpool(run_ask, b.get("question"), b, [])).to_dict()
         run_ask_args = (b.get("question"), b, [])
         if not isinstance(run_ask_args[0], str) or not run_ask_args[0].strip():
             raise PicoragError('"question" (a non-empty string) is required')
@@ -256,7 +259,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
                     for d in docs:
                         out.write(json.dumps(d, ensure_ascii=False) + "\n")
             warnings: list[str] = []
-            stats = kb.add([root], warn=warnings.append, id_root=root)
+            stats = await run_in_threadpool(kb.add, [root], warn=warnings.append, id_root=root)
         snaps.current()
         return {**stats, "warnings": warnings}
 
@@ -292,7 +295,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
             return [{**c, **document(next(h for h in a.hits if h.id == c["id"]))} for c in a.citations]
 
         if not b.get("stream"):
-            a = run_ask(question, options, history)
+            a = await run_in_threadpool(run_ask, question, options, history)
             return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": a.text + sources_text(a)}}],

@@ -205,6 +205,35 @@ def test_api_key_and_binding(kb_path):
         serve(kb_path, host="0.0.0.0", port=0)
 
 
+def test_a_slow_answer_does_not_stall_other_requests(kb_path):
+    """Work runs in worker threads: while one answer takes a second, searches and /health still answer."""
+    from picorag.generate import load_generator
+
+    class Slow:
+        name, context_window, can_write = "slow", 1 << 20, False
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+        def stream(self, messages, max_tokens=256):
+            time.sleep(1.5)
+            yield from load_generator("extractive").stream(messages, max_tokens)
+
+    s = Server(create_app(kb_path, generator=Slow()))
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            t = threading.Thread(target=lambda: c.post("/ask", json={"question": "How long do refunds take?"}))
+            t.start()
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            assert c.get("/health").status_code == 200
+            assert c.post("/search", json={"query": "refunds"}).status_code == 200
+            assert time.perf_counter() - t0 < 0.8 and t.is_alive()
+            t.join()
+    finally:
+        s.stop()
+
+
 def test_upload_names():
     assert safe_upload_name("a/b/../report.pdf") == "report.pdf"
     assert safe_upload_name("C:\\\\Users\\\\x\\\\notes.md") == "notes.md"
