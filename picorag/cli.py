@@ -345,6 +345,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                            vocab_size=args.vocab_size, resume=args.resume, progress=progress)
     else:
         r = train.rag_finetune(args.data, args.out, cfg, init=args.init, resume=args.resume, progress=progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return
     _emit(args, r, f"{r['stage']}: step {r['step']}, loss {r['loss']}, validation loss {r['val_loss']}, "
                    f"{r['params']:,} parameters, {r['tokens_per_s']:,.0f} tokens/s on {r['device']}; saved {args.out}")
 

@@ -201,6 +201,8 @@ def fit(model: GPT, data: TokenData | ChatData, cfg: TrainConfig, out: str | Pat
             if d.world > 1:
                 torch_dist.barrier()
     bar.close()
+    if d.world > 1:
+        torch_dist.destroy_process_group()
     return {**meta, **summary}
 
 

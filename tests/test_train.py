@@ -1,7 +1,10 @@
 """The model lab's training: checkpoints, exact resume, conversation encoding, RAG data, the gpt generator."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -211,3 +214,20 @@ def test_cli_train_commands(tmp_path, text_file, capsys):
     assert err.startswith("picorag: error:") and "--init" in err and len(err.splitlines()) == 1
     assert main(["train", "prepare-dataset", "--mode", "build", "--output", str(tmp_path / "d")]) == 1
     assert "--documents" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two torch processes start (~10-30 s); run with pytest -m slow
+def test_torchrun_two_processes_give_the_one_process_curve(tmp_path, text_file):
+    args = ["-m", "picorag", "train", "pretrain", "--from", str(text_file), "--steps", "6", "--batch-size", "4",
+            "--seq-len", "64", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-pattern", "T,M",
+            "--vocab-size", "300", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert json.loads(two.stdout)["processes"] == 2  # only rank 0 prints
+    curve = [[float(r.split(",")[1]) for r in (tmp_path / d / "log.csv").read_text().splitlines()[1:]]
+             for d in ("one", "two")]
+    assert len(curve[0]) == 6 and curve[0] == pytest.approx(curve[1], abs=1e-4)
