@@ -217,7 +217,8 @@ _STOP = frozenset("this that with from have will been were they their there whic
 
 
 def template_questions(records: Iterable[Any], per_doc: int = 2, seed: int = 0) -> list[dict[str, str]]:
-    """Questions made from documents by templates: {"question", "answer", "doc_id"}.
+    """Questions made from documents by templates: {"question", "answer", "doc_id", "evidence"}, where
+    evidence is text the gold passage contains (without it, any passage of the document counts).
 
     Statute articles (meta law/article) ask what the article says; other documents ask about the key words
     of one of their sentences, whose text is the answer."""
@@ -235,7 +236,8 @@ def template_questions(records: Iterable[Any], per_doc: int = 2, seed: int = 0) 
                 first = body[: _sentences(body)[0][1]].strip() if body else ""
                 short = re.sub(r"^中华人民共和国", "", law)
                 if first:
-                    out.append({"question": f"{short}{article}规定了什么？", "answer": first, "doc_id": rec.doc_id})
+                    out.append({"question": f"{short}{article}规定了什么？", "answer": first, "doc_id": rec.doc_id,
+                                "evidence": text[:40]})
                 continue
             spans = [text[s:e].strip() for s, e in _sentences(text)]
             spans = [s for s in spans if 20 <= len(s) <= 300]
@@ -249,8 +251,13 @@ def template_questions(records: Iterable[Any], per_doc: int = 2, seed: int = 0) 
                         continue
                     key = " ".join(sorted(rng.sample(words, min(3, len(words))), key=words.index))
                     q = f"What does {rec.title or 'the text'} say about {key}?"
-                out.append({"question": q, "answer": sent, "doc_id": rec.doc_id})
+                out.append({"question": q, "answer": sent, "doc_id": rec.doc_id, "evidence": sent[:30]})
     return out
+
+
+def _is_gold(hit: Any, q: dict[str, str]) -> bool:
+    """The gold passage: from the gold document, and holding the evidence text when there is one."""
+    return hit.doc_id == q["doc_id"] and q.get("evidence", "") in hit.text
 
 
 def rag_conversations(kb: Any, questions: Sequence[dict[str, str]], k: int = 3, p_absent: float = 0.2,
@@ -262,20 +269,21 @@ def rag_conversations(kb: Any, questions: Sequence[dict[str, str]], k: int = 3, 
     out = []
     for q in questions:
         absent = rng.random() < p_absent
-        banned = q["doc_id"] if absent else None
         hop = rng.random() < multi_hop
-        hits = [h for h in kb.search(q["question"], k=k + 5) if h.doc_id != banned][: top_k_per_hop if hop else k]
+        hits = [h for h in kb.search(q["question"], k=k + 5) if not (absent and _is_gold(h, q))]
+        hits = hits[: top_k_per_hop if hop else k]
         messages = conversation(q["question"], hits)
         if hop:
             seen = {h.id for h in hits}
-            follow = next((h.meta.get("title") for h in hits if h.doc_id == q["doc_id"]), None) or q["question"]
-            more = [h for h in kb.search(follow, k=k + 5) if h.doc_id != banned and h.id not in seen][:top_k_per_hop]
+            title = next((h.meta.get("title") for h in hits if h.doc_id == q["doc_id"]), "")
+            follow = f"{title} {q['question']}".strip()
+            more = [h for h in kb.search(follow, k=k + 5) if not (absent and _is_gold(h, q)) and h.id not in seen]
+            more = more[:top_k_per_hop]
             messages[-2] = {"role": "retrieval", "multi_hop": True, "hops": [
                 {"hop": 1, "query": q["question"], "documents": [document(h) for h in hits]},
                 {"hop": 2, "query": follow, "documents": [document(h) for h in more]}]}
             hits = hits + more
-        gold = [n for n, h in enumerate(hits, 1) if h.doc_id == q["doc_id"]]
-        best = next((n for n in gold if q["answer"][:40] in hits[n - 1].text), gold[0] if gold else None)
+        best = next((n for n, h in enumerate(hits, 1) if _is_gold(h, q)), None)
         zh = detect_language(q["question"]) == "zh"
         answer = f"{q['answer']} [{best}]" if best else (DONT_KNOW_ZH if zh else DONT_KNOW)
         out.append({"messages": [*messages, {"role": "assistant", "content": answer}], "doc_id": q["doc_id"],
