@@ -131,8 +131,8 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
             raise PicoragError(f"request body over {max_body} bytes")
         try:
             obj = json.loads(raw or b"{}")
-        except json.JSONDecodeError as e:
-            raise PicoragError(f"request body is not JSON ({e.msg})") from None
+        except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            raise PicoragError(f"request body is not JSON ({getattr(e, 'msg', None) or e.reason})") from None
         if not isinstance(obj, dict):
             raise PicoragError("request body must be a JSON object")
         return obj
