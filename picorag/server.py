@@ -99,11 +99,20 @@ def facets(kb: KnowledgeBase, max_values: int = 100) -> list[dict[str, Any]]:
             for k in keys]
 
 
+def warm_up(kb: KnowledgeBase) -> None:
+    """One search at start-up, so the first user does not wait for jieba's dictionary (~1-2 s) or the encoder."""
+    try:
+        kb.search("warm up 预热", k=1)
+    except Exception:  # best effort: a KB that cannot search reports it on the first real request
+        pass
+
+
 def create_app(kb_path: str | Path, api_key: str | None = None, generator: Generator | None = None,
                max_body: int = MAX_BODY) -> FastAPI:
     """The FastAPI application serving one KB."""
     snaps = Snapshots(kb_path)
     gen = generator or load_generator("extractive")
+    threading.Thread(target=warm_up, args=(snaps.kb,), daemon=True).start()
     app = FastAPI(title="picorag", version="0.1.0", description="Local retrieval-augmented generation with citations")
 
     def error(status: int, message: str) -> JSONResponse:
