@@ -36,6 +36,7 @@ class Answer:
         return {"answer": self.text, "query": self.query, "citations": self.citations,
                 "retrieval": [h.to_dict() for h in self.hits],
                 **({"hops": retrieval["hops"]} if retrieval.get("multi_hop") else {}),
+                **{key: retrieval[key] for key in ("strategy", "hypothesis", "step_back") if key in retrieval},
                 "timings": self.timings}
 
 
