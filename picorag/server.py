@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the endpoints' annotations here
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from .answer import Answer, ask
@@ -44,10 +45,47 @@ MAX_BODY = 20 * 1024 * 1024  # bytes per request (uploads included)
 SEARCH_FIELDS = ("mode", "fusion", "recall_factor", "cut", "nprobe")
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "favicon.svg": "image/svg+xml"}
-OPEN_PATHS = ("/health", "/", "/docs", "/openapi.json", *(f"/static/{n}" for n in STATIC))
+DOCS_ASSETS = "/static-offline-docs/"  # Swagger UI and ReDoc files (fastapi-offline), so /docs works offline
+OPEN_PATHS = ("/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+              *(f"/static/{n}" for n in STATIC))
 # metadata keys offered first as filters (statutes, then generic sources); others follow by fewest values
 FACET_ORDER = ("law", "short_name", "kind", "source", "title", "book", "chapter", "language", "source_path")
 
+
+# Request bodies as /docs shows them. The endpoints parse JSON themselves, so every error has one shape.
+_WHERE = {"type": "object", "description": 'metadata filters: {"law": "中华人民共和国刑法"} or {"key": ["a", "b"]}',
+          "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
+SEARCH_BODY: dict[str, Any] = {
+    "query": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+    "mode": {"type": "string", "enum": ["bm25", "dense", "hybrid"], "description": "default: hybrid with vectors"},
+    "where": _WHERE, "strategy": {"type": "string", "default": "plain", "description": "plain, hyde, step-back, …"},
+    "fusion": {"type": "string", "enum": ["rrf", "weighted"]}, "recall_factor": {"type": "integer"},
+    "cut": {"type": "number"}, "nprobe": {"type": "integer"}}
+ASK_BODY: dict[str, Any] = {"question": {"type": "string"}, "stream": {"type": "boolean", "default": False,
+                            "description": "server-sent events: token…, sources, done"},
+                            "max_tokens": {"type": "integer", "default": 256},
+                            **{k: v for k, v in SEARCH_BODY.items() if k != "query"}}
+CHAT_BODY: dict[str, Any] = {
+    "model": {"type": "string", "default": "picorag"}, "stream": {"type": "boolean", "default": False},
+    "messages": {"type": "array", "items": {"type": "object", "properties": {
+        "role": {"type": "string", "enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}}},
+    "max_tokens": {"type": "integer"}, **{k: v for k, v in SEARCH_BODY.items() if k != "query"}}
+
+
+def json_body(props: dict[str, Any], required: list[str], example: dict[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": props, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema, "example": example}}}}
+
+
+DOCUMENTS_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["documents"], "properties": {"documents": {
+        "type": "array", "items": {"type": "object", "required": ["id", "content"], "properties": {
+            "id": {"type": "string"}, "title": {"type": "string"}, "content": {"type": "string"}},
+            "additionalProperties": True, "description": "other fields become metadata"}}}},
+        "example": {"documents": [{"id": "note-1", "title": "Note", "content": "Text…", "author": "me"}]}},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
+        "type": "array", "items": {"type": "string", "format": "binary"},
+        "description": ".txt .md .pdf .pptx .jsonl(.gz) files"}}}}}}}
 
 class Snapshots:
     """The current KnowledgeBase, reopened when the manifest on disk changes."""
@@ -113,14 +151,16 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
     snaps = Snapshots(kb_path)
     gen = generator or load_generator("extractive")
     threading.Thread(target=warm_up, args=(snaps.kb,), daemon=True).start()
-    app = FastAPI(title="picorag", version="0.1.0", description="Local retrieval-augmented generation with citations")
+    app = FastAPIOffline(title="picorag", version="0.1.0", favicon_url="/static/favicon.svg",
+                         description="Local retrieval-augmented generation with citations. The web page is at `/`.")
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "status": status}}, status_code=status)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path not in OPEN_PATHS:  # the page itself asks for the key
+        path = request.url.path
+        if api_key and path not in OPEN_PATHS and not path.startswith(DOCS_ASSETS):  # the page asks for the key
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             given = given or request.headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), api_key.encode()):  # constant time
@@ -176,7 +216,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
             facet_cache[stamp] = facets(kb)
         return {"facets": facet_cache[stamp]}
 
-    @app.post("/search")
+    @app.post("/search", openapi_extra=json_body(SEARCH_BODY, ["query"], {"query": "违约责任", "k": 5}))
     async def search(request: Request) -> dict[str, Any]:
         b = body_of(await request.body())
         query = b.get("query")
@@ -223,7 +263,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.post("/ask")
+    @app.post("/ask", openapi_extra=json_body(ASK_BODY, ["question"], {"question": "违约了要承担什么责任？"}))
     async def ask_endpoint(request: Request) -> Any:
         b = body_of(await request.body())
         if not b.get("stream"):
@@ -243,7 +283,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
 
         return streamed(lambda on_token: run_ask(*run_ask_args, on_token=on_token), frame)
 
-    @app.post("/documents")
+    @app.post("/documents", openapi_extra=DOCUMENTS_BODY)
     async def add_documents(request: Request) -> dict[str, Any]:
         """JSON {"documents": [{"id", "title", "content", ...}]} or multipart file uploads."""
         kb = snaps.current()
@@ -280,7 +320,8 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": "picorag", "object": "model", "created": 0, "owned_by": "picorag"}]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=json_body(CHAT_BODY, ["messages"], {
+        "model": "picorag", "messages": [{"role": "user", "content": "违约了要承担什么责任？"}]}))
     async def chat_completions(request: Request) -> Any:
         b = body_of(await request.body())
         msgs = b.get("messages")
@@ -347,6 +388,10 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return error(404, f"no such endpoint: {request.method} {request.url.path}")
 
+    if api_key:  # lets /docs send the key ("Authorize")
+        schema = app.openapi()
+        schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
     return app
 
 

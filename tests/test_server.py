@@ -196,6 +196,10 @@ def test_api_key_and_binding(kb_path):
             assert c.get("/kb").status_code == 401
             assert c.get("/facets").status_code == 401
             assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200  # asks for the key
+            docs = c.get("/docs").text
+            assert "/static-offline-docs/swagger-ui-bundle.js" in docs and "cdn." not in docs  # works offline
+            assert c.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+            assert c.get("/openapi.json").json()["security"] == [{"bearer": []}]
             assert c.get("/kb", headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert c.get("/kb", headers={"Authorization": "Bearer s3cret"}).status_code == 200
             assert c.post("/search", json={"query": "refunds"}, headers={"X-API-Key": "s3cret"}).status_code == 200

@@ -241,8 +241,9 @@ def test_upload_from_the_page(page, dense_server, tmp_path):
     assert all("status of 400" in e for e in page.errors), page.errors  # Chromium logs the refused upload
 
 
-def test_bm25_only_kb_and_api_key(browser, tmp_path):
-    """A KB without vectors fills the BM25 column and says what dense/hybrid need; a keyed server asks for it."""
+def test_bm25_only_kb_api_key_and_docs(browser, tmp_path):
+    """A KB without vectors fills the BM25 column and says what dense/hybrid need; a keyed server asks for
+    the key; /docs renders offline."""
     s = Server(create_app(build(tmp_path, None), api_key="s3cret"))
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
@@ -259,6 +260,19 @@ def test_bm25_only_kb_and_api_key(browser, tmp_path):
             assert "--dense" in pg.locator(f".col[data-mode={mode}] .note").inner_text()
         assert pg.locator("#ask-mode option").all_inner_texts() == ["bm25"]
         assert pg.locator("#key-panel").is_hidden()
+
+        # /docs: Swagger UI from files this server ships (no CDN), with the endpoints, their bodies, "Authorize"
+        outside = []
+        pg.on("request", lambda r: None if r.url.startswith(s.url) else outside.append(r.url))
+        pg.goto(s.url + "/docs")
+        pg.wait_for_selector(".opblock-summary-path", timeout=15_000)
+        paths = set(pg.locator(".opblock-summary-path").all_inner_texts())
+        assert {"/search", "/ask", "/documents", "/v1/chat/completions", "/facets"} <= {p.strip() for p in paths}
+        assert pg.locator(".authorize").count() >= 1
+        pg.locator(".opblock-summary-path", has_text="/search").first.click()
+        pg.wait_for_selector(".opblock-body .body-param__example, .opblock-body .microlight")
+        assert "违约责任" in pg.locator(".opblock-body").first.inner_text()
+        assert not outside, outside
     finally:
         ctx.close()
         s.stop()
