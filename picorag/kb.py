@@ -37,6 +37,7 @@ from .bm25 import BM25Params, Postings, merge
 from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE, chunk_record
 from .encoders import Encoder, auto_encoder_name, embed, load_encoder
 from .ingest import ID_ROOT, read_paths
+from .integrity import DAMAGE, check_manifest, check_segment
 from .records import Chunk, Hit, PicoragError
 from .segment import Segment, fsync_dir, write_segment
 from .vectors import KINDS, make_index
@@ -144,14 +145,17 @@ class KnowledgeBase:
         path = Path(path)
         for attempt in range(3):
             manifest = read_manifest(path)
+            check_manifest(manifest, path)  # a damaged manifest is one clear error, not a KeyError later
             try:
                 segs = [Segment.open(str(path / "segments"), e) for e in manifest["segments"]]
+                for seg, e in zip(segs, manifest["segments"], strict=True):
+                    check_segment(seg, e, (manifest["dense"] or {}).get("dim"), path)
                 return cls(path, manifest, segs)
             except FileNotFoundError as e:
                 # A writer may have committed and removed old files between our two reads: retry.
                 if attempt == 2:
                     raise PicoragError(f"knowledge base at {path} is damaged: missing {e.filename}") from None
-            except (ValueError, KeyError, OSError) as e:
+            except (*DAMAGE, OSError) as e:  # truncated .npy (EOFError), not a database (sqlite3), ...
                 raise PicoragError(f"knowledge base at {path} is damaged ({type(e).__name__}: {e})") from None
         raise AssertionError("unreachable")
 

@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves the endpo
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .answer import Answer, ask
 from .generate import Generator, load_generator
@@ -43,6 +44,8 @@ from .records import PicoragError
 
 MAX_BODY = 20 * 1024 * 1024  # bytes per request (uploads included)
 SEARCH_FIELDS = ("mode", "fusion", "recall_factor", "cut", "nprobe")
+OPTION_TYPES: dict[str, tuple[Any, float | None]] = {  # field: (type, least value)
+    "mode": (str, None), "fusion": (str, None), "recall_factor": (int, 1), "cut": ((int, float), 0), "nprobe": (int, 1)}
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
           "favicon.svg": "image/svg+xml"}
 DOCS_ASSETS = "/static-offline-docs/"  # Swagger UI and ReDoc files (fastapi-offline), so /docs works offline
@@ -192,9 +195,20 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
                                   not all(isinstance(v, str | list) for v in where.values())):
             raise PicoragError('"where" must be an object of key: value or key: [values]')
         k = b.get("k", 5)
-        if not isinstance(k, int) or not 1 <= k <= 100:
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 100:
             raise PicoragError('"k" must be an integer from 1 to 100')
-        return {"k": k, "where": where, **{f: b[f] for f in SEARCH_FIELDS if b.get(f) is not None}}
+        opts = {f: b[f] for f in SEARCH_FIELDS if b.get(f) is not None}
+        for f, (kind, low) in OPTION_TYPES.items():
+            v = opts.get(f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or (low is not None and v < low)):
+                raise PicoragError(f'"{f}" must be ' + ("a string" if kind is str else f"a number >= {low}"))
+        return {"k": k, "where": where, **opts}
+
+    def max_tokens_of(b: dict[str, Any]) -> int:
+        n = b.get("max_tokens") or 256
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 32768:
+            raise PicoragError('"max_tokens" must be an integer from 1 to 32768')
+        return n
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -238,7 +252,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
         if not isinstance(question, str):
             raise PicoragError('"question" (a string) is required')
         return ask(snaps.current(), question, gen, strategy=b.get("strategy", "plain"), history=history,
-                   max_tokens=int(b.get("max_tokens", 256)), on_token=on_token, **search_args(b))
+                   max_tokens=max_tokens_of(b), on_token=on_token, **search_args(b))
 
     def streamed(produce: Any, frame: Any) -> StreamingResponse:
         """Run `produce(on_token)` in a thread and stream what it yields as server-sent events."""
@@ -308,7 +322,12 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
                     for d in docs:
                         out.write(json.dumps(d, ensure_ascii=False) + "\n")
             warnings: list[str] = []
-            stats = await run_in_threadpool(kb.add, [root], warn=warnings.append, id_root=root)
+            try:
+                stats = await run_in_threadpool(kb.add, [root], warn=warnings.append, id_root=root)
+            except PicoragError as e:  # name the upload, not the server's temporary directory
+                message = str(e).replace(f"{root}/documents.jsonl:", "document ").replace(f"{root}/", "")
+                raise PicoragError(message) from None
+            warnings = [w.replace(f"{root}/", "") for w in warnings]
         snaps.current()
         return {**stats, "warnings": warnings}
 
@@ -334,7 +353,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
         history = [{"role": m["role"], "content": m["content"]} for m in msgs[:last]
                    if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)]
         question = msgs[last]["content"]
-        options = {**b, "max_tokens": b.get("max_tokens") or 256}
+        options = {**b, "max_tokens": max_tokens_of(b)}
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), b.get("model", "picorag")
 
         def sources_text(a: Answer) -> str:
@@ -384,9 +403,13 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
     async def bad_input(request: Request, exc: PicoragError) -> JSONResponse:
         return error(400, str(exc))
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return error(404, f"no such endpoint: {request.method} {request.url.path}")
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error(404, f"no such endpoint: {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return error(405, f"{request.method} is not allowed on {request.url.path}")
+        return error(exc.status_code, str(exc.detail))
 
     if api_key:  # lets /docs send the key ("Authorize")
         schema = app.openapi()

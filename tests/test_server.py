@@ -99,6 +99,16 @@ def test_errors_are_json_never_a_stack(server):
         assert r.status_code == 413
         assert c.get("/nope").status_code == 404 and "no such endpoint" in c.get("/nope").json()["error"]["message"]
         assert "Traceback" not in c.post("/ask", json={"question": 5}).text
+        for path, body, message in [("/search", {"query": "x", "k": True}, '"k"'),
+                                    ("/search", {"query": "x", "recall_factor": "a"}, '"recall_factor"'),
+                                    ("/search", {"query": "x", "nprobe": 0}, '"nprobe"'),
+                                    ("/ask", {"question": "x", "max_tokens": "many"}, '"max_tokens"'),
+                                    ("/documents", {"documents": [{"id": 1}]}, "document 1: record needs")]:
+            r = c.post(path, json=body)
+            assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+            assert "upload-" not in r.text  # the server's temporary paths stay private
+        r = c.get("/search")
+        assert r.status_code == 405 and r.json()["error"]["message"] == "GET is not allowed on /search"
 
 
 def test_ask_json_and_streamed(server):
