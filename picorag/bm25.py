@@ -107,22 +107,25 @@ class Postings:
     def weights(self, params: BM25Params, avgdl: float) -> np.ndarray:
         return params.tf_part(self.tf, self.doclen[self.rows], avgdl)
 
-    def save(self, directory: str, weights: np.ndarray) -> None:
+    def save(self, directory: str, weights: np.ndarray | None) -> None:
+        """Write the arrays (a build's shards keep no weights: the final avgdl is not known yet)."""
         for name, arr in (("indptr", self.indptr), ("rows", self.rows), ("tf", self.tf),
                           ("doclen", self.doclen), ("weights", weights)):
-            np.save(os.path.join(directory, f"bm25.{name}.npy"), arr)
+            if arr is not None:
+                np.save(os.path.join(directory, f"bm25.{name}.npy"), arr)
         with open(os.path.join(directory, "bm25.terms.json"), "w", encoding="utf-8") as f:
             json.dump(self.terms, f, ensure_ascii=False)
 
     @classmethod
-    def load(cls, directory: str) -> tuple[Postings, np.ndarray]:
+    def load(cls, directory: str, weights: bool = True) -> tuple[Postings, np.ndarray | None]:
         def arr(name: str) -> np.ndarray:
             # a plain ndarray view of the mapped file: slicing an np.memmap runs Python-level hooks
             return np.asarray(np.load(os.path.join(directory, f"bm25.{name}.npy"), mmap_mode="r"))
 
         with open(os.path.join(directory, "bm25.terms.json"), encoding="utf-8") as f:
             terms = json.load(f)
-        return cls(terms, arr("indptr"), arr("rows"), arr("tf"), arr("doclen")), arr("weights")
+        postings = cls(terms, arr("indptr"), arr("rows"), arr("tf"), arr("doclen"))
+        return postings, arr("weights") if weights else None
 
 
 def _assemble(terms: list[str], t_ids: np.ndarray, rows: np.ndarray, tf: np.ndarray,
@@ -156,6 +159,66 @@ def merge(parts: Sequence[tuple[Postings, np.ndarray]]) -> Postings:
     terms = list(vocab)
     return _assemble([terms[i] for i in used], t_ids.astype(np.int64), np.concatenate(r_all or [np.zeros(0)]),
                      np.concatenate(tf_all or [np.zeros(0)]), np.concatenate(dl_all or [np.zeros(0, np.int32)]))
+
+
+def write_merged(directory: str, parts: Sequence[str], params: BM25Params, base_n: int = 0,
+                 base_len: int = 0) -> tuple[int, int]:
+    """Merge the postings saved in the directories `parts` (rows renumbered consecutively in part
+    order) into one segment's arrays under `directory`, on disk: the output is memory-mapped and
+    filled part by part, so memory holds one part plus the vocabulary, never the whole index.
+    The result equals `Postings.from_tokens` over all rows at once (same term order, same arrays);
+    weights use the average length over these rows plus `base_n` rows of `base_len` terms already
+    in the KB (as `add` does). Returns (rows, total length)."""
+    from numpy.lib.format import open_memmap
+
+    vocab: dict[str, int] = {}
+    df = np.zeros(1024, np.int64)
+    n_rows = nnz = total = 0
+    for d in parts:  # pass 1: vocabulary in first-seen order, document frequencies, sizes
+        ix, _ = Postings.load(d, weights=False)
+        g = _global_ids(vocab, ix.terms)
+        if len(vocab) > len(df):
+            df = np.concatenate([df, np.zeros(max(len(vocab), 2 * len(df)) - len(df), np.int64)])
+        df[g] += np.diff(ix.indptr)  # a part's term ids are distinct: no repeated indices
+        n_rows += ix.n_docs
+        nnz += len(ix.rows)
+        total += int(np.asarray(ix.doclen).sum())
+    avgdl = (base_len + total) / max(base_n + n_rows, 1)
+    indptr = np.zeros(len(vocab) + 1, np.int64)
+    np.cumsum(df[: len(vocab)], out=indptr[1:])
+    del df
+    out = {name: open_memmap(os.path.join(directory, f"bm25.{name}.npy"), "w+", dtype, (size,)) if size
+           else np.zeros(0, dtype)  # numpy cannot map an empty file
+           for name, dtype, size in (("rows", np.int32, nnz), ("tf", np.uint16, nnz),
+                                     ("weights", np.float32, nnz), ("doclen", np.int32, n_rows))}
+    fill = indptr[:-1].copy()  # next free position of each term
+    offset = 0
+    for d in parts:  # pass 2: a part's postings of term t go to the next free slots of t
+        ix, _ = Postings.load(d, weights=False)
+        g = _global_ids(vocab, ix.terms)
+        counts = np.diff(ix.indptr)
+        dest = np.repeat(fill[g] - ix.indptr[:-1], counts) + np.arange(len(ix.rows))
+        out["rows"][dest] = ix.rows + np.int32(offset)
+        out["tf"][dest] = ix.tf
+        doclen = np.asarray(ix.doclen)
+        out["weights"][dest] = params.tf_part(ix.tf, doclen[ix.rows], avgdl)
+        out["doclen"][offset : offset + ix.n_docs] = doclen
+        fill[g] += counts
+        offset += ix.n_docs
+    for name, a in out.items():
+        if isinstance(a, np.memmap):
+            a.flush()
+        else:
+            np.save(os.path.join(directory, f"bm25.{name}.npy"), a)
+    del out
+    np.save(os.path.join(directory, "bm25.indptr.npy"), indptr)
+    with open(os.path.join(directory, "bm25.terms.json"), "w", encoding="utf-8") as f:
+        json.dump(list(vocab), f, ensure_ascii=False)
+    return n_rows, total
+
+
+def _global_ids(vocab: dict[str, int], terms: list[str]) -> np.ndarray:
+    return np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), np.int64, len(terms))
 
 
 def _gather(ix: Postings, weights: np.ndarray, query: dict[str, float]) -> tuple[list[np.ndarray], list[np.ndarray]]:

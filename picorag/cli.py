@@ -50,7 +50,9 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     params = BM25Params(k1=args.k1, b=args.b, method=args.bm25)
     kb = KnowledgeBase.build(args.kb, args.sources, chunk_size=args.chunk_size, overlap=args.overlap,
-                             bm25=params, dense=args.dense, index=args.index, warn=_warn)
+                             bm25=params, dense=args.dense, index=args.index, warn=_warn,
+                             batch_size=args.batch_size, resume=args.resume, ray=args.ray, nlist=args.nlist,
+                             nprobe=args.nprobe, train_sample=args.train_sample)
     info = kb.info()
     _emit(args, info, f"built {args.kb}: {info['docs']} documents, {info['chunks']} chunks")
 
@@ -295,7 +297,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def dense_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--dense", metavar="MODEL", help="also store vectors: auto, minilm, e5-small or a model dir")
-    sp.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivfpq"], help="vector index (default flat)")
+    sp.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivfpq", "ivfflat"],
+                    help="vector index (default flat)")
 
 
 def mode_args(sp: argparse.ArgumentParser) -> None:
@@ -421,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--b", type=float, default=0.75)
     sp.add_argument("--bm25", default="lucene", choices=["lucene", "robertson"], help="BM25 variant")
     dense_args(sp)
+    sp.add_argument("--batch-size", type=int, default=10_000, help="records per shard: bounds memory (10000)")
+    sp.add_argument("--resume", action="store_true", help="continue a killed build from its last finished shard")
+    sp.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="chunk and embed as Ray tasks: a local Ray (2 workers) or a cluster address")
+    sp.add_argument("--nlist", type=int, help="IVF lists (default ≈ 4·√chunks)")
+    sp.add_argument("--nprobe", type=int, help="IVF lists probed by default at query time (default nlist/8)")
+    sp.add_argument("--train-sample", type=int, help="vectors to train IVF on (default 40 per list, ≥ 50000)")
 
     sp = command("add", cmd_add, "add or update documents without rebuilding (or give a KB vectors)")
     sp.add_argument("sources", nargs="*", metavar="PATH")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -33,26 +32,45 @@ from typing import Any
 import numpy as np
 
 from .analyze import Analyzer
-from .bm25 import BM25Params, Postings, merge
-from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE, chunk_record
+from .bm25 import BM25Params, merge
+from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE
 from .encoders import Encoder, auto_encoder_name, embed, load_encoder
 from .ingest import ID_ROOT, read_paths
-from .integrity import DAMAGE, check_manifest, check_segment
+from .integrity import DAMAGE, check_manifest, check_segment, verify_segment
 from .records import Chunk, Hit, PicoragError
 from .segment import Segment, fsync_dir, write_segment
+from .shard import (
+    DEFAULT_BATCH,
+    STAGING,
+    Settings,
+    ShardData,
+    Staging,
+    batches,
+    check_encoder,
+    doc_hash,
+    index_chunks,
+    input_signature,
+    merge_segment,
+    prepare,
+)
+from .shard import run as run_shards
 from .vectors import KINDS, make_index
+
+__all__ = ["KnowledgeBase", "check_encoder", "doc_hash", "read_manifest", "write_lock"]
 
 FORMAT = "picorag-kb"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+ADD_STAGING = ".add"  # shards of an `add` in progress; removed by the next write if it died
 Warn = Callable[[str], None]
 Where = dict[str, str | list[str]]
 
 
-def _progress(it: Iterable, desc: str, total: int | None = None) -> Iterable:
+def _bar(**kw: Any) -> Any:
+    """A progress bar on stderr (shown on a terminal only)."""
     from tqdm import tqdm
 
-    return tqdm(it, desc=desc, total=total, unit="", disable=None, leave=False, dynamic_ncols=True)
+    return tqdm(disable=None, leave=False, dynamic_ncols=True, **kw)
 
 
 @contextlib.contextmanager
@@ -98,33 +116,6 @@ def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path / MANIFEST)
     fsync_dir(str(path))
-
-
-def doc_hash(chunks: list[Chunk]) -> str:
-    h = hashlib.sha256()
-    for c in chunks:
-        h.update(json.dumps([c.id, c.text, c.index_prefix, c.meta], ensure_ascii=False, sort_keys=True).encode())
-    return h.hexdigest()[:32]
-
-
-def collect_chunks(sources: Iterable[str | Path], size: int, overlap: int,
-                   warn: Warn) -> tuple[list[Chunk], dict[str, str]]:
-    """Read and chunk every record; return chunks and doc_id -> content hash. Duplicate ids fail."""
-    chunks: list[Chunk] = []
-    hashes: dict[str, str] = {}
-    where: dict[str, str] = {}
-    for rec in _progress(read_paths(sources, warn), "reading"):
-        loc = f"{rec.meta.get('source_path', '?')}" + (f":{rec.meta['line']}" if "line" in rec.meta else "")
-        if rec.doc_id in where:
-            raise PicoragError(f"duplicate document id {rec.doc_id!r} in {where[rec.doc_id]} and {loc}")
-        where[rec.doc_id] = loc
-        cs = chunk_record(rec, size, overlap)
-        if not cs:
-            warn(f"{loc}: document {rec.doc_id!r} has no text, skipped")
-            continue
-        chunks.extend(cs)
-        hashes[rec.doc_id] = doc_hash(cs)
-    return chunks, hashes
 
 
 class KnowledgeBase:
@@ -175,13 +166,24 @@ class KnowledgeBase:
     def build(cls, path: str | Path, sources: Iterable[str | Path], *, chunk_size: int = DEFAULT_SIZE,
               overlap: int = DEFAULT_OVERLAP, bm25: BM25Params | None = None,
               analyzer: Analyzer | None = None, dense: str | None = None, index: str = "flat",
-              warn: Warn | None = None) -> KnowledgeBase:
+              warn: Warn | None = None, batch_size: int = DEFAULT_BATCH, resume: bool = False,
+              ray: str | None = None, nlist: int | None = None, nprobe: int | None = None,
+              train_sample: int | None = None, encoder: Encoder | None = None) -> KnowledgeBase:
         """Build a KB from files/directories; an existing KB at `path` is replaced atomically.
         `dense` names an encoder ("auto", "minilm", "e5-small" or a model directory) to also
-        store vectors, searched through `index` ("flat", "hnsw" or "ivfpq")."""
+        store vectors, searched through `index` ("flat", "hnsw", "ivfflat" or "ivfpq"; `nlist`,
+        `nprobe`, `train_sample` tune IVF, chosen from the corpus size when None).
+
+        Input is streamed `batch_size` records at a time into shards under KB/.build, merged at
+        the end (see shard.py): memory follows the batch size, not the corpus. A killed build
+        continues from its last finished shard with `resume=True`. `ray` ("local" or a cluster
+        address) runs chunking and embedding as Ray tasks; `encoder` embeds passages with an
+        already loaded encoder (its name must be `dense`)."""
         path = Path(path)
         warn = warn or (lambda m: None)
-        if path.exists() and not (path / MANIFEST).exists() and (not path.is_dir() or any(path.iterdir())):
+        ours = {STAGING, ".lock", "segments"}  # what a killed first build leaves behind
+        if path.exists() and not (path / MANIFEST).exists() and (
+                not path.is_dir() or any(p.name not in ours for p in path.iterdir())):
             raise PicoragError(f"{path} exists and is not a picorag knowledge base; refusing to overwrite it")
         if (path / MANIFEST).exists():
             read_manifest(path)  # refuse to replace a KB written by a newer version
@@ -189,43 +191,63 @@ class KnowledgeBase:
             raise PicoragError(f"need chunk size >= 1 and 0 <= overlap < size (got {chunk_size}, {overlap})")
         if index not in KINDS:
             raise PicoragError(f"unknown index {index!r}; choose one of {', '.join(KINDS)}")
-        chunks, hashes = collect_chunks(sources, chunk_size, overlap, warn)
-        if not chunks:
-            raise PicoragError("no documents with text found in the inputs")
-        dense_cfg = _dense_config(dense, index, [c.text for c in chunks[:: max(1, len(chunks) // 200)]])
+        if batch_size < 1:
+            raise PicoragError(f"batch size must be at least 1 (got {batch_size})")
+        sources = list(sources)
+        analyzer_d, bm25_p = (analyzer or Analyzer()).to_dict(), bm25 or BM25Params()
+        config = {"sources": input_signature(sources), "chunking": [chunk_size, overlap], "analyzer": analyzer_d,
+                  "dense": [dense, index, nlist, nprobe, train_sample], "batch_size": batch_size}
+        mapper = None
+        if ray is not None:
+            from .distributed import ray_mapper
+
+            mapper = ray_mapper(ray)
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         (path / "segments").mkdir(exist_ok=True)
-        with write_lock(path):
-            old = read_manifest(path) if (path / MANIFEST).exists() else {"segments": []}
-            _collect_garbage(path, old)  # leftovers of a write that died before committing
-            gen = old.get("generation", 0) + 1
-            manifest = {
-                "format": FORMAT, "version": FORMAT_VERSION, "generation": gen,
-                "next_segment": old.get("next_segment", 1),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "analyzer": (analyzer or Analyzer()).to_dict(), "bm25": (bm25 or BM25Params()).to_dict(),
-                "chunking": {"size": chunk_size, "overlap": overlap}, "dense": dense_cfg, "segments": [],
-            }
-            entry = cls._new_segment(path, manifest, chunks, hashes, base_len=0, base_n=0)
-            manifest["segments"] = [entry]
-            cls._commit(path, manifest)
-        return cls.open(path)
+        try:
+            with write_lock(path):
+                old = read_manifest(path) if (path / MANIFEST).exists() else {"segments": []}
+                _collect_garbage(path, old)  # leftovers of a write that died before committing
+                staging = Staging(path / STAGING, config, resume, warn)
+                extra = {k: v for k, v in (("nlist", nlist), ("nprobe", nprobe), ("train_sample", train_sample))
+                         if v is not None}
 
-    @staticmethod
-    def _new_segment(path: Path, manifest: dict[str, Any], chunks: list[Chunk], hashes: dict[str, str],
-                     base_len: int, base_n: int) -> dict[str, Any]:
-        analyzer = Analyzer.from_dict(manifest["analyzer"])
-        tokens = [analyzer.tokenize(c.index_text) for c in _progress(chunks, "indexing")]
-        postings = Postings.from_tokens(tokens)
-        avgdl = (base_len + postings.total_len) / max(base_n + postings.n_docs, 1)
-        weights = postings.weights(BM25Params(**manifest["bm25"]), avgdl)
-        vectors = None
-        if manifest.get("dense"):
-            encoder = check_encoder(load_encoder(manifest["dense"]["model"]), manifest["dense"])
-            vectors = make_index(embed(encoder, [c.index_text for c in chunks]), manifest["dense"])
-        name = f"seg-{manifest['next_segment']:06d}"
-        manifest["next_segment"] += 1
-        return write_segment(str(path / "segments"), name, chunks, hashes, postings, weights, vectors)
+                def settle(first: list) -> Settings:
+                    if dense is not None and staging.dense() is None:
+                        texts = [sec.text for r in first for sec in r.sections]
+                        cfg = ({"model": dense, "dim": encoder.dim, "index": index} if encoder is not None
+                               else _dense_config(dense, index, texts[:: max(1, len(texts) // 200)]))
+                        staging.set_dense(None if cfg is None else cfg | extra)
+                    return Settings(chunk_size, overlap, analyzer_d, staging.dense())
+
+                try:
+                    run_shards(staging, sources, Settings(chunk_size, overlap, analyzer_d, staging.dense()),
+                               batch_size, warn, mapper, settle, _bar, encoder)
+                except PicoragError:
+                    staging.remove()  # bad input: nothing worth resuming
+                    raise
+                if not sum(m["chunks"] for m in staging.meta):
+                    staging.remove()
+                    raise PicoragError("no documents with text found in the inputs")
+                gen = old.get("generation", 0) + 1
+                manifest = {
+                    "format": FORMAT, "version": FORMAT_VERSION, "generation": gen,
+                    "next_segment": old.get("next_segment", 1) + 1,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "analyzer": analyzer_d, "bm25": bm25_p.to_dict(),
+                    "chunking": {"size": chunk_size, "overlap": overlap}, "dense": staging.dense(), "segments": [],
+                }
+                name = f"seg-{manifest['next_segment'] - 1:06d}"
+                manifest["segments"] = [merge_segment(path / "segments", name, staging.shards, bm25_p,
+                                                      staging.dense())]
+                cls._commit(path, manifest)
+                staging.remove()
+        except PicoragError:
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        return cls.open(path)
 
     @staticmethod
     def _commit(path: Path, manifest: dict[str, Any]) -> None:
@@ -249,40 +271,58 @@ class KnowledgeBase:
         _collect_garbage(self.path, self.manifest)
 
     def add(self, sources: Iterable[str | Path] = (), warn: Warn | None = None, dense: str | None = None,
-            index: str = "flat", id_root: Path | None = None) -> dict[str, Any]:
+            index: str = "flat", id_root: Path | None = None, batch_size: int = DEFAULT_BATCH) -> dict[str, Any]:
         """Add documents: new ones are indexed, unchanged ones skipped, changed ones replaced.
         `dense` gives a KB without vectors its vectors (all existing chunks are embedded); file ids
-        are relative to `id_root` when given (else to the working directory)."""
+        are relative to `id_root` when given (else to the working directory). Input is streamed
+        `batch_size` records at a time into shards, merged into one new segment at the end."""
         warn = warn or (lambda m: None)
         ch = self.manifest["chunking"]
-        token = ID_ROOT.set(id_root)
-        try:
-            chunks, hashes = collect_chunks(sources, ch["size"], ch["overlap"], warn)
-        finally:
-            ID_ROOT.reset(token)
+        stats: dict[str, Any] = {"added": 0, "replaced": 0, "unchanged": 0, "chunks": 0, "chunk_ids": []}
         with write_lock(self.path):
             self._reload()
             if dense is not None:
                 self._enable_dense(dense, index)
-            existing = self._live_hashes(list(hashes))
-            unchanged = {d for d, h in hashes.items() if existing.get(d) == h}
-            replaced = [d for d in hashes if d in existing and d not in unchanged]
-            new_chunks = [c for c in chunks if c.doc_id not in unchanged]
-            stats: dict[str, Any] = {"added": len(hashes) - len(unchanged) - len(replaced), "replaced": len(replaced),
-                                     "unchanged": len(unchanged), "chunks": len(new_chunks),
-                                     "chunk_ids": [c.id for c in new_chunks]}
-            if not new_chunks:
-                return stats
-            manifest = json.loads(json.dumps(self.manifest))
-            manifest["generation"] += 1
-            self._tombstone(manifest, lambda seg: seg.store.rows_of_docs(replaced))
-            base_n = sum(s["chunks"] for s in manifest["segments"])
-            base_len = sum(s["total_len"] for s in manifest["segments"])
-            new_hashes = {d: h for d, h in hashes.items() if d not in unchanged}
-            manifest["segments"].append(self._new_segment(self.path, manifest, new_chunks, new_hashes,
-                                                          base_len, base_n))
-            self._commit(self.path, manifest)
-            self._reload()
+            settings = Settings(ch["size"], ch["overlap"], self.manifest["analyzer"], self.manifest.get("dense"))
+            encoder = self.encoder() if settings.dense else None
+            staging = Staging(self.path / ADD_STAGING, {}, False, warn)
+            replaced: list[str] = []
+            token = ID_ROOT.set(id_root)
+            try:
+                for n, batch in enumerate(batches(read_paths(sources, warn), batch_size), 1):
+                    staging.claim(batch, n)
+                    chunks, hashes, empty = prepare(batch, ch["size"], ch["overlap"])
+                    for loc, doc_id in empty:
+                        warn(f"{loc}: document {doc_id!r} has no text, skipped")
+                    existing = self._live_hashes(list(hashes))
+                    unchanged = {d for d, h in hashes.items() if existing.get(d) == h}
+                    replaced += [d for d in hashes if d in existing and d not in unchanged]
+                    new_chunks = [c for c in chunks if c.doc_id not in unchanged]
+                    stats["unchanged"] += len(unchanged)
+                    stats["chunk_ids"] += [c.id for c in new_chunks]
+                    postings, vectors = index_chunks(new_chunks, settings, encoder)
+                    staging.add(ShardData(new_chunks, {d: h for d, h in hashes.items() if d not in unchanged},
+                                          postings, vectors, len(batch)))
+                stats["chunks"] = len(stats["chunk_ids"])
+                stats["replaced"] = len(replaced)
+                stats["added"] = sum(m["docs"] for m in staging.meta) - len(replaced)
+                if not stats["chunks"]:
+                    return stats
+                manifest = json.loads(json.dumps(self.manifest))
+                manifest["generation"] += 1
+                self._tombstone(manifest, lambda seg: seg.store.rows_of_docs(replaced))
+                base_n = sum(s["chunks"] for s in manifest["segments"])
+                base_len = sum(s["total_len"] for s in manifest["segments"])
+                name = f"seg-{manifest['next_segment']:06d}"
+                manifest["next_segment"] += 1
+                manifest["segments"].append(merge_segment(self.path / "segments", name, staging.shards, self.params,
+                                                          manifest.get("dense"), base_n, base_len))
+                staging.remove()
+                self._commit(self.path, manifest)
+                self._reload()
+            finally:
+                ID_ROOT.reset(token)
+                staging.remove()
         return stats
 
     def _enable_dense(self, dense: str, index: str) -> None:
@@ -352,6 +392,8 @@ class KnowledgeBase:
             before = len(self.segments)
             if before == 1 and self.segments[0].live.all():
                 return {"segments_before": 1, "segments_after": 1, "chunks": self.segments[0].n}
+            for seg in self.segments:  # a rewrite reads everything: check it all first (as Lucene does on merge)
+                verify_segment(seg, self.path)
             chunks: list[Chunk] = []
             hashes: dict[str, str] = {}
             vectors = None
@@ -414,13 +456,6 @@ class KnowledgeBase:
         return self._encoder
 
 
-def check_encoder(encoder: Encoder, dense: dict[str, Any]) -> Encoder:
-    if encoder.dim != dense["dim"]:
-        raise PicoragError(f"encoder {encoder.name} gives {encoder.dim}-d vectors but the KB was embedded with "
-                           f"{dense['model']} ({dense['dim']}-d)")
-    return encoder
-
-
 def _dense_config(dense: str | None, index: str, sample: list[str]) -> dict[str, Any] | None:
     """The manifest's "dense" entry: which encoder, its dimension, which index kind."""
     if dense is None:
@@ -441,6 +476,7 @@ def _dir_size(path: Path) -> int:
 def _collect_garbage(path: Path, manifest: dict[str, Any]) -> None:
     """Remove segment dirs and tombstone files the committed manifest no longer references."""
     seg_root = path / "segments"
+    shutil.rmtree(path / ADD_STAGING, ignore_errors=True)  # an `add` that died (writers hold the lock)
     keep = {e["name"]: e.get("deleted") for e in manifest["segments"]}
     for d in seg_root.iterdir():
         if d.name not in keep:

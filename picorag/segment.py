@@ -50,17 +50,21 @@ def write_segment(seg_root: str, name: str, chunks: Sequence[Chunk], doc_hashes:
     postings.save(tmp, weights)
     if vectors is not None:
         vectors.save(tmp)
+    publish(tmp, os.path.join(seg_root, name))
+    return {"name": name, "chunks": len(chunks), "docs": len(doc_num), "deleted": None,
+            "n_deleted": 0, "live_docs": len(doc_num), "total_len": postings.total_len,
+            "dense": None if vectors is None else vectors.params}
+
+
+def publish(tmp: str, final: str) -> None:
+    """fsync every file of the finished directory `tmp`, then rename it to `final` (atomic)."""
     for f in os.listdir(tmp):
         with open(os.path.join(tmp, f), "rb+") as fh:
             os.fsync(fh.fileno())
     fsync_dir(tmp)
-    final = os.path.join(seg_root, name)
     shutil.rmtree(final, ignore_errors=True)  # left by a write that died before committing
     os.rename(tmp, final)
-    fsync_dir(seg_root)
-    return {"name": name, "chunks": len(chunks), "docs": len(doc_num), "deleted": None,
-            "n_deleted": 0, "live_docs": len(doc_num), "total_len": postings.total_len,
-            "dense": None if vectors is None else vectors.params}
+    fsync_dir(os.path.dirname(final))
 
 
 @dataclass

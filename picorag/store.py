@@ -62,6 +62,30 @@ def write_store(path: str, chunks: Iterable[Chunk], doc_hashes: dict[str, str]) 
         os.fsync(f.fileno())
 
 
+def merge_stores(path: str, parts: Sequence[str]) -> None:
+    """Write one store from several (a build's shards) with SQLite doing the copying, rows and
+    first rows renumbered consecutively in part order; memory stays flat whatever the sizes."""
+    con = sqlite3.connect(path)
+    try:
+        con.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-65536;" + _SCHEMA)
+        offset = 0
+        for part in parts:
+            con.execute("ATTACH DATABASE ? AS part", (part,))
+            con.execute("INSERT INTO chunks SELECT row + ?, id, doc_id, text, index_prefix, meta FROM part.chunks "
+                        "ORDER BY row", (offset,))
+            con.execute("INSERT INTO docs SELECT doc_id, hash, first_row + ?, n_chunks FROM part.docs "
+                        "ORDER BY first_row", (offset,))
+            offset += con.execute("SELECT count(*) FROM part.chunks").fetchone()[0]
+            con.commit()
+            con.execute("DETACH DATABASE part")
+        con.execute("CREATE INDEX chunks_doc ON chunks(doc_id)")
+        con.commit()
+    finally:
+        con.close()
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 class Store:
     """Read-only access to one segment's chunks."""
 

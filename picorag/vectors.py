@@ -4,7 +4,8 @@
     vectors.faiss     HNSW or IVF-PQ index in FAISS's own binary format (never pickle); absent for flat
 
 Inner product of unit vectors is cosine similarity. `flat` is exact search with numpy in blocks,
-so memory stays bounded; `hnsw` and `ivfpq` are approximate and meant for large KBs. Filters are
+so memory stays bounded; `hnsw`, `ivfflat` and `ivfpq` are approximate and meant for large KBs
+(IVF indexes are trained on a sample and filled a block at a time). Filters are
 applied before top-k everywhere: through FAISS ID selectors for the approximate indexes, and by
 exact search over the allowed rows when they are few (a selective filter would starve an ANN
 search of candidates).
@@ -25,7 +26,7 @@ import numpy as np
 
 from .records import PicoragError
 
-KINDS = ("flat", "hnsw", "ivfpq")
+KINDS = ("flat", "hnsw", "ivfpq", "ivfflat")
 EXACT_BELOW = 20_000  # allowed rows under which filtered search is exact brute force
 BLOCK = 65_536  # rows converted to float32 at a time by exact search
 REFINE = 10  # IVF-PQ candidates fetched per result, then re-scored exactly
@@ -39,43 +40,57 @@ def _faiss():
     return faiss
 
 
-def index_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None) -> dict[str, Any]:
-    """Sensible parameters from the corpus size: nlist ≈ 4·√n with ≥ 39 training points per list."""
+def index_params(kind: str, n: int, dim: int, nlist: int | None = None, m: int | None = None,
+                 nprobe: int | None = None) -> dict[str, Any]:
+    """Sensible parameters from the corpus size: nlist ≈ 4·√n with ≥ 39 training points per list.
+
+    >>> index_params("ivfpq", 1_000_000, 384)
+    {'kind': 'ivfpq', 'nlist': 4000, 'nprobe': 500, 'pq_m': 48, 'nbits': 8}
+    """
     if kind not in KINDS:
         raise PicoragError(f"unknown index {kind!r}; choose one of {', '.join(KINDS)}")
     if kind == "hnsw":
         return {"kind": "hnsw", "m": m or 32, "ef_construction": 80, "ef_search": 64}
-    if kind == "ivfpq":
-        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
-        pq_m = next(d for d in (dim // 8, dim // 4, dim // 2, dim) if d and dim % d == 0)
-        nbits = 8 if n >= 256 * 39 else max(4, min(8, int(math.log2(max(n // 39, 16)))))
-        return {"kind": "ivfpq", "nlist": nlist, "pq_m": pq_m, "nbits": nbits,
-                "nprobe": max(1, min(nlist, int(math.ceil(nlist / 8))))}
+    if kind in ("ivfpq", "ivfflat"):
+        nlist = max(1, min(nlist or int(4 * math.sqrt(n)), n // 39))
+        out: dict[str, Any] = {"kind": kind, "nlist": nlist,
+                               "nprobe": max(1, min(nlist, nprobe or int(math.ceil(nlist / 8))))}
+        if kind == "ivfpq":
+            out["pq_m"] = next(d for d in (dim // 8, dim // 4, dim // 2, dim) if d and dim % d == 0)
+            out["nbits"] = 8 if n >= 256 * 39 else max(4, min(8, int(math.log2(max(n // 39, 16)))))
+        return out
     return {"kind": "flat"}
+
+
+def default_train_sample(params: dict[str, Any], n: int) -> int:
+    """Rows to train an IVF index on: 40 per list (FAISS warns under 39), at least 50,000, at most n."""
+    return min(n, max(50_000, 40 * params.get("nlist", 1)))
 
 
 def build_faiss(vectors: np.ndarray, params: dict[str, Any], train_sample: int | None = None,
                 seed: int = 0) -> Any | None:
-    """Train (on a sample) and fill an approximate index; None for flat."""
+    """Train on a sample, then add the rows a block at a time; None for flat. `vectors` may be a
+    memory-mapped float16 file: only the sample and one block are ever float32 in memory."""
     kind = params["kind"]
     if kind == "flat":
         return None
     faiss = _faiss()
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = x.shape[1]
+    n, dim = vectors.shape
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, params["m"], faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params["ef_construction"]
     else:
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["pq_m"], params["nbits"],
-                                 faiss.METRIC_INNER_PRODUCT)
-        # PQ on unit vectors: residuals against an inner-product quantizer train fine with the default
-        sample = x
-        if train_sample and len(x) > train_sample:
-            sample = x[np.random.default_rng(seed).choice(len(x), train_sample, replace=False)]
-        index.train(sample)
-    index.add(x)
+        if kind == "ivfflat":
+            index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+        else:  # PQ on unit vectors: residuals against an inner-product quantizer train fine with the default
+            index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["pq_m"], params["nbits"],
+                                     faiss.METRIC_INNER_PRODUCT)
+        size = min(n, train_sample or n)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size, replace=False)) if size < n else slice(None)
+        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    for s in range(0, n, BLOCK):
+        index.add(np.ascontiguousarray(vectors[s : s + BLOCK], dtype=np.float32))
     return index
 
 
@@ -96,6 +111,10 @@ class VectorIndex:
 
     def save(self, directory: str) -> None:
         np.save(os.path.join(directory, "vectors.f16.npy"), np.asarray(self.vectors, dtype=np.float16))
+        self.save_index(directory)
+
+    def save_index(self, directory: str) -> None:
+        """Write the FAISS index alone (a build writes the float16 file itself, part by part)."""
         if self.index is not None:
             _faiss().write_index(self.index, os.path.join(directory, "vectors.faiss"))
 
@@ -141,11 +160,11 @@ class VectorIndex:
             sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe or self.params.get("nprobe", 8))
         # PQ codes only approximate the vectors: fetch more candidates and re-score them exactly
         # with the stored float16 vectors (what FAISS's IndexRefineFlat does, without a 2nd copy)
-        fetch = k if self.params["kind"] == "hnsw" else max(k * REFINE, 100)
+        fetch = max(k * REFINE, 100) if self.params["kind"] == "ivfpq" else k
         scores, ids = self.index.search(q, fetch, params=sp)
         del bits
         rows = ids[0][ids[0] >= 0].astype(np.int64)
-        if self.params["kind"] == "hnsw" or len(rows) == 0:
+        if self.params["kind"] != "ivfpq" or len(rows) == 0:  # HNSW and IVF-Flat scores are exact
             return rows[:k], scores[0][: len(rows)][:k]
         return self._exact(q[0], k, np.sort(rows))
 
@@ -156,5 +175,6 @@ def make_index(vectors: np.ndarray, config: dict[str, Any]) -> VectorIndex:
     kind = config.get("index", "flat")
     if len(vectors) < config.get("min_ann_rows", 1000):
         kind = "flat"
-    params = index_params(kind, len(vectors), vectors.shape[1], config.get("nlist"))
-    return VectorIndex(vectors, build_faiss(vectors, params, config.get("train_sample")), params)
+    params = index_params(kind, len(vectors), vectors.shape[1], config.get("nlist"), nprobe=config.get("nprobe"))
+    sample = config.get("train_sample") or default_train_sample(params, len(vectors))
+    return VectorIndex(vectors, build_faiss(vectors, params, sample), params)
