@@ -20,6 +20,7 @@ import numpy as np
 from .bm25 import query_weights, top_k, top_k_many
 from .cite import citation
 from .fusion import Ranked, dynamic_cut, rrf, weighted
+from .integrity import damage_as_error
 from .records import Hit, PicoragError
 
 if TYPE_CHECKING:
@@ -141,21 +142,28 @@ def search_many(kb: KnowledgeBase, queries: Sequence[str], k: int = 5, where: Wh
         raise PicoragError(f"unknown fusion {o.fusion!r}; choose one of {', '.join(FUSIONS)}")
     mode = resolve_mode(kb, o.mode)
     pool = k * max(o.recall_factor, 1) if (mode == "hybrid" or o.reranker) else k
+    with damage_as_error(kb.path):  # a bit flip past the open-time checks: a clear error, not IndexError
+        ranked = _ranked(kb, queries, where, o, mode, pool)
+        if not fetch and o.reranker is None:
+            return [id_hits(kb, r[:k]) for r in ranked]
+        hits = [to_hits(kb, r[:pool]) for r in ranked]
+    return [_rerank(h, q, o.reranker)[:k] for q, h in zip(queries, hits, strict=True)]
+
+
+def _ranked(kb: KnowledgeBase, queries: Sequence[str], where: Where | None, o: Options, mode: str,
+            pool: int) -> list[Ranked]:
     if mode == "bm25":
-        ranked = bm25_ranked(kb, queries, pool, where)
-    elif mode == "dense":
-        ranked = dense_ranked(kb, queries, pool, where, o.nprobe, o.tuned)
-    else:
-        sparse = bm25_ranked(kb, queries, pool, where)
-        dense = dense_ranked(kb, queries, pool, where, o.nprobe, o.tuned)
-        ranked = []
-        for b, d in zip(sparse, dense, strict=True):
-            lists = [dynamic_cut(b, o.cut), dynamic_cut(d, o.cut)]
-            ranked.append(rrf(lists, o.rrf_k) if o.fusion == "rrf"
-                          else weighted(lists, [1.0 - o.dense_weight, o.dense_weight]))
-    if not fetch and o.reranker is None:
-        return [id_hits(kb, r[:k]) for r in ranked]
-    return [_rerank(to_hits(kb, r[:pool]), q, o.reranker)[:k] for q, r in zip(queries, ranked, strict=True)]
+        return bm25_ranked(kb, queries, pool, where)
+    if mode == "dense":
+        return dense_ranked(kb, queries, pool, where, o.nprobe, o.tuned)
+    sparse = bm25_ranked(kb, queries, pool, where)
+    dense = dense_ranked(kb, queries, pool, where, o.nprobe, o.tuned)
+    ranked = []
+    for b, d in zip(sparse, dense, strict=True):
+        lists = [dynamic_cut(b, o.cut), dynamic_cut(d, o.cut)]
+        ranked.append(rrf(lists, o.rrf_k) if o.fusion == "rrf"
+                      else weighted(lists, [1.0 - o.dense_weight, o.dense_weight]))
+    return ranked
 
 
 def _rerank(hits: list[Hit], query: str, reranker: Reranker | None) -> list[Hit]:
