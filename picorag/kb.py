@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -73,10 +74,28 @@ def _bar(**kw: Any) -> Any:
     return tqdm(disable=None, leave=False, dynamic_ncols=True, **kw)
 
 
+_REFUSED = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large",
+            errno.EROFS: "read-only file system"}
+
+
+def write_refused(e: BaseException) -> str | None:
+    """Why the filesystem refused a write (full, read-only, over a size limit), or None for other errors."""
+    if isinstance(e, OSError) and e.errno in _REFUSED:
+        return f"{_REFUSED[e.errno]}: {e.strerror}"
+    if isinstance(e, sqlite3.OperationalError) and getattr(e, "sqlite_errorcode", 0) & 0xFF in (
+            sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY):
+        return f"{'disk full' if e.sqlite_errorcode == sqlite3.SQLITE_FULL else 'write failed'}: SQLite: {e}"
+    return None
+
+
 @contextlib.contextmanager
 def write_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
-    """One writer at a time; a second one waits up to `timeout` seconds, then fails clearly."""
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """One writer at a time; a second one waits up to `timeout` seconds, then fails clearly. A write
+    the filesystem refuses (disk full, read-only) becomes a PicoragError, its temporary files removed."""
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PicoragError(f"cannot write to {path} ({write_refused(e) or e.strerror})") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -87,7 +106,15 @@ def write_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise PicoragError(f"{path} is locked by another write; try again when it finishes") from None
                 time.sleep(0.05)
-        yield
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError) as e:
+            reason = write_refused(e)
+            if reason is None:
+                raise
+            with contextlib.suppress(Exception):  # free the space the failed write took, if we can
+                _collect_garbage(path, read_manifest(path))
+            raise PicoragError(f"could not write {path} ({reason}); the previous state is intact") from None
     finally:
         os.close(fd)
 

@@ -5,11 +5,15 @@ tests/test_fuzz.py."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from fastapi.testclient import TestClient
 
 from picorag.kb import KnowledgeBase
+from picorag.records import PicoragError
 from picorag.server import create_app
 
 
@@ -78,3 +82,122 @@ def test_damaged_kb_files_are_one_clear_error(kb):
         kb.delete(doc_ids=["d1"])  # so compact has work to do
 
     assert "bm25.rows points past the last chunk" in damage(rows_past_the_end)
+
+
+# -- disk full and read-only filesystems ----------------------------------------------------------------
+
+
+def state(kb_path) -> tuple:
+    """What a reader sees: counts and the ids a few searches return."""
+    with KnowledgeBase.open(kb_path) as kb:
+        info = kb.info()
+        return info["docs"], info["chunks"], info["generation"], [h.id for h in kb.search("cats dogs", k=10)]
+
+
+def no_leftovers(kb_path) -> bool:
+    with KnowledgeBase.open(kb_path) as kb:
+        names = {s["name"] for s in kb.manifest["segments"]}
+    return sorted(p.name for p in (kb_path / "segments").iterdir()) == sorted(names) and not [
+        p for p in kb_path.iterdir() if p.name not in ("manifest.json", ".lock", "segments")]
+
+
+def big_input(tmp_path, mb: int):
+    words = " ".join(f"w{i}" for i in range(20_000))  # distinct words: large postings too
+    n = mb * 1_000_000 // (len(words) + 40)
+    return write_jsonl(tmp_path / "big.jsonl", [{"id": f"big{i}", "content": words} for i in range(n)])
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 3 MB tmpfs: a real ENOSPC and a real read-only remount (needs root with mount rights)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or no mount rights in this container)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_during_add_leaves_the_kb_intact(tiny_fs, tmp_path):
+    kb = KnowledgeBase.build(tiny_fs / "kb", [write_jsonl(tmp_path / "docs.jsonl", DOCS)])
+    before = state(kb.path)
+    with pytest.raises(PicoragError, match=r"disk full.*previous state is intact"):
+        kb.add([big_input(tmp_path, 5)])
+    assert state(kb.path) == before
+    rc, err = cli_run("add", kb.path, tmp_path / "big.jsonl")
+    assert rc == 1 and err.count("\n") == 1 and "disk full" in err, err
+    assert state(kb.path) == before and no_leftovers(kb.path)  # the failed write cleaned up after itself
+    kb.add([write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls and cats."}])])  # space is back
+    assert "owl-0" in state(kb.path)[3]
+
+
+def test_read_only_filesystem(tiny_fs, tmp_path):
+    kb = KnowledgeBase.build(tiny_fs / "kb", [write_jsonl(tmp_path / "docs.jsonl", DOCS)])
+    before = state(kb.path)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    try:
+        one = write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls and cats."}])
+        for write in (lambda: kb.add([one]), lambda: kb.delete(doc_ids=["d1"]), lambda: kb.compact(),
+                      lambda: KnowledgeBase.build(kb.path, [one])):
+            with pytest.raises(PicoragError, match="read-only"):
+                write()
+        assert state(kb.path) == before  # readers work on a read-only KB
+        rc, err = cli_run("add", kb.path, one)
+        assert rc == 1 and "read-only" in err and err.count("\n") == 1, err
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=True)
+    kb.add([one])
+    assert "owl-0" in state(kb.path)[3]
+
+
+def cli_run(*args, limit: int | None = None) -> tuple[int, str]:
+    """`picorag ARGS` in a subprocess, optionally with RLIMIT_FSIZE (files cannot grow past `limit`)."""
+    pre = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); ") if limit else ""
+    code = pre + "import sys; from picorag.cli import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stderr
+
+
+def test_file_size_limit_during_add(kb, tmp_path):
+    """Works without mount rights: RLIMIT_FSIZE makes every write past 1 MB fail with EFBIG."""
+    before = state(kb.path)
+    rc, err = cli_run("add", kb.path, big_input(tmp_path, 3), limit=1_000_000)
+    assert rc == 1 and err.count("\n") == 1 and "previous state is intact" in err, err  # SQLite: "disk I/O error"
+    assert state(kb.path) == before and no_leftovers(kb.path)
+    kb.add([write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls and cats."}])])
+    assert "owl-0" in state(kb.path)[3]
+
+
+def test_enospc_at_every_write_step(kb, tmp_path, monkeypatch):
+    """In-process: the n-th file written fails with ENOSPC, for every n the add reaches."""
+    import builtins
+    import errno
+
+    one = write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls and cats."}])
+    before = state(kb.path)
+    real_open = builtins.open
+    for n in range(1, 60):
+        def failing_open(file, mode="r", *a, n=n, opened=[0], **kw):  # noqa: B006 (one counter per n)
+            if any(c in mode for c in "wax+") and str(kb.path) in str(file):
+                opened[0] += 1
+                if opened[0] == n:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(file))
+            return real_open(file, mode, *a, **kw)
+
+        monkeypatch.setattr(builtins, "open", failing_open)
+        try:
+            kb.add([one])
+        except PicoragError as e:
+            assert "disk full" in str(e)
+            monkeypatch.setattr(builtins, "open", real_open)
+            assert state(kb.path) == before
+            continue
+        monkeypatch.setattr(builtins, "open", real_open)
+        assert n > 1 and "owl-0" in state(kb.path)[3]  # fewer than n files written: the add went through
+        break
+    else:
+        raise AssertionError("the add never completed")
