@@ -112,6 +112,33 @@ class Snapshots:
         return self.kb
 
 
+class BodyTooLarge(PicoragError):
+    """A request body over the server's limit (answered with 413)."""
+
+
+class BodyLimit:
+    """ASGI middleware counting body bytes as they arrive: a chunked request (no Content-Length) is
+    stopped at the limit too, before it fills memory or disk."""
+
+    def __init__(self, app: Any, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise BodyTooLarge(f"request body over {self.max_body} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def safe_upload_name(name: str) -> str:
     """The file's own name only: no directories, no hidden names, a supported type."""
     base = os.path.basename(name.replace("\\", "/")).strip()
@@ -170,17 +197,17 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
                 return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
         size = request.headers.get("content-length")
         if size is not None and (not size.isdigit() or int(size) > max_body):
-            return error(413, f"request body over {max_body} bytes")
+            return error(413, f"request body over {max_body} bytes")  # refused before reading it
         try:
             return await call_next(request)
-        except PicoragError as e:
-            return error(400, str(e))
         except Exception as e:  # never a stack trace to the client
+            while isinstance(e, ExceptionGroup) and e.exceptions:  # raised while the body streamed in
+                e = e.exceptions[0]
+            if isinstance(e, PicoragError):
+                return error(413 if isinstance(e, BodyTooLarge) else 400, str(e))
             return error(500, f"internal error: {type(e).__name__}")
 
     def body_of(raw: bytes) -> dict[str, Any]:
-        if len(raw) > max_body:
-            raise PicoragError(f"request body over {max_body} bytes")
         try:
             obj = json.loads(raw or b"{}")
         except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
@@ -411,6 +438,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
             return error(405, f"{request.method} is not allowed on {request.url.path}")
         return error(exc.status_code, str(exc.detail))
 
+    app.add_middleware(BodyLimit, max_body=max_body)  # outside `guard`, which turns its error into a 413
     if api_key:  # lets /docs send the key ("Authorize")
         schema = app.openapi()
         schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}

@@ -97,6 +97,14 @@ def test_errors_are_json_never_a_stack(server):
         assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
         r = c.post("/search", content=b"x" * 300_000)
         assert r.status_code == 413
+        # chunked bodies carry no Content-Length: they are counted as they arrive and stopped at the limit
+        chunks = (b"x" * 10_000 for _ in range(30))
+        r = c.post("/search", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "over 200000 bytes" in r.json()["error"]["message"], r.text
+        head = b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n\r\n'
+        parts = iter([head, *(b"word " * 2000 for _ in range(30)), b"\r\n--B--\r\n"])
+        r = c.post("/documents", content=parts, headers={"content-type": "multipart/form-data; boundary=B"})
+        assert r.status_code == 413, r.text
         assert c.get("/nope").status_code == 404 and "no such endpoint" in c.get("/nope").json()["error"]["message"]
         assert "Traceback" not in c.post("/ask", json={"question": 5}).text
         for path, body, message in [("/search", {"query": "x", "k": True}, '"k"'),
