@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from .records import PicoragError
 SEGMENT_NAME = re.compile(r"seg-\d{1,12}")
 TOMBSTONE_NAME = re.compile(r"del-\d{1,12}\.npy")
 # what numpy, SQLite and our own indexing raise when the bytes on disk are not what was written
+# (numpy parses an .npy header with tokenize and ast: a damaged header raises TokenError or SyntaxError)
 DAMAGE = (sqlite3.DatabaseError, EOFError, ValueError, IndexError, TypeError, KeyError, AttributeError,
-          OverflowError, UnicodeDecodeError)
+          OverflowError, UnicodeDecodeError, tokenize.TokenError, SyntaxError)
 
 
 def damaged(path: str | Path, what: str) -> PicoragError:

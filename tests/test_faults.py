@@ -72,6 +72,10 @@ def test_damaged_kb_files_are_one_clear_error(kb):
 
     assert "docs.npy" not in damage(lambda: (seg / "docs.npy").write_bytes((seg / "docs.npy").read_bytes()[:70]))
     damage(lambda: (seg / "chunks.sqlite").write_bytes(b"not a database" * 100))
+    header = b"{'descr': '<u2', 'fortran_order': False, 'shape': (3,"  # numpy: tokenize.TokenError
+    damage(lambda: (seg / "bm25.tf.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header + b"\n").to_bytes(2, "little")
+                                                      + header + b"\n"))
+    damage(lambda: (seg / "bm25.tf.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': \x00\x00\x00}\n"))
     assert "segments[0]" in damage(lambda: manifest(chunks="5"))
     assert "not a segment name" in damage(lambda: manifest(name="../../etc"))
 
