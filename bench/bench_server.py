@@ -1,13 +1,14 @@
 """HTTP server benchmark: `/search` throughput and p50/p99 latency at concurrency 1, 8 and 32 on the law KB.
 
-    .venv/bin/python bench/bench_server.py                  # law KB with e5-small vectors, bm25 and hybrid
+    .venv/bin/python bench/bench_server.py                  # law KB, e5-small vectors: health, bm25, hybrid
     .venv/bin/python bench/bench_server.py --requests 200 --seconds 10 --concurrency 1,8
     .venv/bin/python bench/bench_server.py --kb bench/out/kbs/law-minilm --modes hybrid --name server-minilm
     .venv/bin/python bench/bench_server.py --screenshot     # docs/img/web.png: the page over the law KB
 
 `picorag serve` runs in a subprocess on 127.0.0.1 (loopback only) over a read-only KB
 (bench/out/kbs/law-e5-small, built by bench_dense.py: 1,923 statute articles of 民法典, 刑法 and 宪法).
-An async httpx client keeps `concurrency` requests in flight, cycling through the 100 questions of the
+An async httpx client keeps `concurrency` requests in flight (mode "health" times GET /health, the
+HTTP stack without a search, as a baseline), cycling through the 100 questions of the
 law evaluation set, until `--requests` have completed or `--seconds` have passed (whichever is first),
 after a warm-up. Latency is per request as the client sees it (connection reused); "search" is the
 server's own timing of the search call (took_ms), the rest is HTTP, JSON and waiting; throughput is
@@ -112,6 +113,12 @@ async def load(url: str, mode: str, queries: list[str], concurrency: int, max_re
             while started < max_requests and time.perf_counter() < t_end:
                 started += 1
                 t0 = time.perf_counter()
+                if mode == "health":  # the HTTP stack alone: uvicorn, FastAPI, the middleware
+                    r = await client.get("/health")
+                    latencies.append(time.perf_counter() - t0)
+                    if r.status_code != 200:
+                        errors.append(f"{r.status_code}: {r.text[:200]}")
+                    continue
                 r = await client.post("/search", json={"query": next(todo), "k": k, "mode": mode})
                 latencies.append(time.perf_counter() - t0)
                 if r.status_code != 200 or not r.json()["hits"]:
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         info = httpx.get(url + "/kb", timeout=30).json()
         for mode in args.modes:
-            for q in queries[: args.warmup]:  # loads the encoder, warms caches
+            for q in queries[: args.warmup] if mode != "health" else []:  # loads the encoder, warms caches
                 body = {"query": q, "k": args.k, "mode": mode}
                 httpx.post(url + "/search", json=body, timeout=120).raise_for_status()
             for c in args.concurrency:
@@ -144,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
                 row = {"mode": mode, "concurrency": c, "requests": n, "errors": len(r["errors"]),
                        "wall_s": r["wall_s"], "rps": n / r["wall_s"], "p50_ms": percentile(ms, 50),
                        "p99_ms": percentile(ms, 99), "mean_ms": sum(ms) / n,
-                       "search_p50_ms": percentile(r["took_ms"], 50), "server_cpu_ms_per_req": cpu * 1e3 / n,
+                       "search_p50_ms": percentile(r["took_ms"], 50) if r["took_ms"] else None,
+                       "server_cpu_ms_per_req": cpu * 1e3 / n,
                        "client_cpu_ms_per_req": client * 1e3 / n,
                        "loadavg_before": la0, "loadavg_after": loadavg()}
                 rows.append(row)
@@ -181,7 +189,7 @@ def report(res: dict) -> str:
 def plot(res: dict, path: Path) -> None:
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for mode, color in (("bm25", "#b35c00"), ("hybrid", "#6a3fb5"), ("dense", "#2a7a3b")):
+    for mode, color in (("health", "#888888"), ("bm25", "#b35c00"), ("hybrid", "#6a3fb5"), ("dense", "#2a7a3b")):
         rs = [r for r in res["rows"] if r["mode"] == mode]
         if not rs:
             continue
@@ -240,7 +248,7 @@ def screenshot(kb: Path, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kb", type=Path, default=KB)
-    ap.add_argument("--modes", default="bm25,hybrid")
+    ap.add_argument("--modes", default="health,bm25,hybrid", help="health: GET /health, the HTTP baseline")
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--requests", type=int, default=400, help="at most this many requests per row")
     ap.add_argument("--seconds", type=float, default=20, help="at most this long per row")
