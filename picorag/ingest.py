@@ -40,6 +40,21 @@ def suffix_of(path: Path) -> str:
 ID_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("ID_ROOT", default=None)
 
 
+def max_document_bytes() -> int:
+    """The largest text file or JSONL line read as one document (PICORAG_MAX_DOCUMENT_MB, default 32):
+    a bigger one is refused up front instead of taking gigabytes to chunk (about 17x its size)."""
+    try:
+        return int(float(os.environ.get("PICORAG_MAX_DOCUMENT_MB", "32")) * 1024 * 1024)
+    except ValueError:
+        raise PicoragError("PICORAG_MAX_DOCUMENT_MB must be a number of megabytes") from None
+
+
+def _too_big(where: str, size: int | None, limit: int) -> PicoragError:
+    what = f"a document of {size / 2**20:.0f} MB" if size else "a line"
+    return PicoragError(f"{where}: {what} over the {limit / 2**20:.0f} MB limit per document; split it "
+                        "(e.g. one JSONL record per section) or raise PICORAG_MAX_DOCUMENT_MB")
+
+
 def path_id(path: Path) -> str:
     """Stable id for a file: its path relative to the working directory (absolute when outside), or
     relative to ID_ROOT when a caller sets it (the server names uploads after the file alone)."""
@@ -103,8 +118,12 @@ def read_jsonl(path: Path) -> Iterator[Record]:
     opener = gzip.open if suffix_of(path) == ".jsonl.gz" else open
     pid = path_id(path)
     try:
+        limit = max_document_bytes()
         with opener(path, "rb") as f:  # bytes, decoded per line, so a bad byte is reported with its line
-            for lineno, raw in enumerate(f, 1):
+            # readline(limit + 1): a giant line is refused after reading `limit` bytes, not all of it
+            for lineno, raw in enumerate(iter(lambda: f.readline(limit + 1), b""), 1):
+                if len(raw) > limit:
+                    raise _too_big(f"{path}:{lineno}", None, limit)
                 try:
                     line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM is fine
                 except UnicodeDecodeError as e:
@@ -209,6 +228,8 @@ def _md_headings(text: str) -> list[re.Match[str]]:
 
 def read_text(path: Path, warn: Warn) -> Iterator[Record]:
     try:
+        if (size := path.stat().st_size) > (limit := max_document_bytes()):
+            raise _too_big(str(path), size, limit)
         text = decode_text(path.read_bytes(), path).replace("\r\n", "\n").replace("\r", "\n")
     except OSError as e:
         raise PicoragError(f"{path}: cannot read ({e.strerror})") from None

@@ -205,3 +205,24 @@ def test_enospc_at_every_write_step(kb, tmp_path, monkeypatch):
         break
     else:
         raise AssertionError("the add never completed")
+
+
+# -- enormous inputs ------------------------------------------------------------------------------------
+
+
+def test_enormous_documents_are_refused_up_front(kb, tmp_path, monkeypatch):
+    """One line or file over the per-document limit is refused with its size (the full-size run,
+    200 MB in one line and a 50 MB JSON field with peak memory, is in bench/stress.py)."""
+    monkeypatch.setenv("PICORAG_MAX_DOCUMENT_MB", "1")
+    before = state(kb.path)
+    (tmp_path / "one-line.txt").write_text("word " * 400_000)  # 2 MB, no line break
+    with pytest.raises(PicoragError, match=r"one-line.txt: a document of 2 MB over the 1 MB limit per document"):
+        kb.add([tmp_path / "one-line.txt"])
+    big = write_jsonl(tmp_path / "giant.jsonl", [{"id": "ok", "content": "fine"},
+                                                 {"id": "giant", "content": "x" * 3_000_000}])
+    with pytest.raises(PicoragError, match=r"giant.jsonl:2: a line over the 1 MB limit per document"):
+        kb.add([big])
+    assert state(kb.path) == before and no_leftovers(kb.path)
+    monkeypatch.setenv("PICORAG_MAX_DOCUMENT_MB", "4")
+    kb.add([big])  # under a higher limit the same line is read and chunked
+    assert kb.info()["docs"] == len(DOCS) + 2
