@@ -155,6 +155,7 @@ def strategy_eval(kbs, gens, n_local: int) -> list[dict]:
                          "wall_s_per_q": (time.perf_counter() - t0) / res["n"],
                          "cpu_s_per_q": (time.process_time() - c0) / res["n"], "samples": samples})
             print(runs[-1], file=sys.stderr)
+            write_json(OUT / "answers.partial.json", runs)  # a long run on a busy machine: keep what is done
     return runs
 
 
@@ -173,6 +174,7 @@ def main() -> None:
     result["faithfulness"]["extractive"] = faithfulness(kbs["law"], gens["extractive"], rows)
     if n_local:
         result["faithfulness"]["local"] = faithfulness(kbs["law"], gens["local"], rows[:n_local])
+        print(json.dumps(result["faithfulness"], ensure_ascii=False), file=sys.stderr)
         result["local_load_s"] = gens["local"].load_s
     result["strategies"] = strategy_eval(kbs, gens, arg("--sub", 15) if n_local else 0)
     result.update({"cpu_seconds": time.process_time() - c0, "load_end": loadavg(), "peak_rss_mb": peak_rss_mb()})

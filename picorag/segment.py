@@ -102,7 +102,10 @@ class Segment:
             live[np.load(os.path.join(d, entry["deleted"]))] = False
         vectors = VectorIndex.load(d, entry["dense"]) if entry.get("dense") else None
         store = Store(os.path.join(d, "chunks.sqlite"))
-        return cls(entry["name"], d, store, postings, weights, live, np.load(os.path.join(d, "docs.npy")), vectors)
+        seg = cls(entry["name"], d, store, postings, weights, live, np.load(os.path.join(d, "docs.npy")), vectors)
+        # mapped now, not on first use: a commit may remove this directory while a reader still holds it
+        seg._chunk_no = np.asarray(np.load(os.path.join(d, "chunkno.npy"), mmap_mode="r"))
+        return seg
 
     @property
     def n(self) -> int:
