@@ -174,6 +174,8 @@ class KnowledgeBase:
                 if attempt == 2:
                     raise PicoragError(f"knowledge base at {path} is damaged: missing {e.filename}") from None
             except (*DAMAGE, OSError) as e:  # truncated .npy (EOFError), not a database (sqlite3), ...
+                if attempt < 2 and read_manifest(path).get("generation") != manifest["generation"]:
+                    continue  # not damage: a commit removed files we were opening (SQLite: "unable to open")
                 raise PicoragError(f"knowledge base at {path} is damaged ({type(e).__name__}: {e})") from None
         raise AssertionError("unreachable")
 
