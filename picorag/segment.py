@@ -27,6 +27,8 @@ from .records import Chunk
 from .store import Store, write_store
 from .vectors import VectorIndex
 
+IDS_IN_MEMORY = 200_000  # documents of a segment whose ids `Segment.ids` keeps in a Python list
+
 
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -86,11 +88,18 @@ class Segment:
         self._chunk_no: np.ndarray | None = None
 
     def ids(self, rows: Sequence[int]) -> list[tuple[str, str]]:
-        """(chunk id, doc_id) of rows from in-memory arrays: ranking without touching SQLite."""
-        if self._doc_ids is None:
+        """(chunk id, doc_id) of rows: chunk numbers from the mapped chunkno.npy, doc ids from a list
+        kept in memory for segments up to IDS_IN_MEMORY documents, else from SQLite by doc number
+        (docs.rowid = doc number + 1), so a large segment never loads all its ids."""
+        if self._chunk_no is None:
+            self._chunk_no = np.asarray(np.load(os.path.join(self.directory, "chunkno.npy"), mmap_mode="r"))
+        nums = self.doc_of_row[rows].tolist()
+        if self._doc_ids is None and (self.n == 0 or int(self.doc_of_row[-1]) < IDS_IN_MEMORY):
             self._doc_ids = [d for d, _, _, _ in self.store.doc_rows()]
-            self._chunk_no = np.load(os.path.join(self.directory, "chunkno.npy"))
-        docs = [self._doc_ids[d] for d in self.doc_of_row[rows].tolist()]
+        if self._doc_ids is not None:
+            docs = [self._doc_ids[d] for d in nums]
+        else:
+            docs = self.store.doc_ids(nums)
         return [(f"{d}-{c}", d) for d, c in zip(docs, self._chunk_no[rows].tolist(), strict=True)]
 
     @classmethod
@@ -102,7 +111,8 @@ class Segment:
             live[np.load(os.path.join(d, entry["deleted"]))] = False
         vectors = VectorIndex.load(d, entry["dense"]) if entry.get("dense") else None
         store = Store(os.path.join(d, "chunks.sqlite"))
-        seg = cls(entry["name"], d, store, postings, weights, live, np.load(os.path.join(d, "docs.npy")), vectors)
+        doc_of_row = np.asarray(np.load(os.path.join(d, "docs.npy"), mmap_mode="r"))
+        seg = cls(entry["name"], d, store, postings, weights, live, doc_of_row, vectors)
         # mapped now, not on first use: a commit may remove this directory while a reader still holds it
         seg._chunk_no = np.asarray(np.load(os.path.join(d, "chunkno.npy"), mmap_mode="r"))
         return seg

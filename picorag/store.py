@@ -129,6 +129,16 @@ class Store:
         while rows := cur.fetchmany(batch):
             yield from map(_as_dict, rows)
 
+    def doc_ids(self, nums: Sequence[int]) -> list[str]:
+        """doc_ids by document number (0-based, the order of first rows), one indexed lookup each."""
+        uniq = sorted(set(nums))
+        got: dict[int, str] = {}
+        for i in range(0, len(uniq), 500):
+            part = uniq[i : i + 500]
+            sql = f"SELECT rowid - 1, doc_id FROM docs WHERE rowid IN ({','.join('?' * len(part))})"
+            got.update(self.con.execute(sql, [n + 1 for n in part]))
+        return [got[n] for n in nums]
+
     def doc_rows(self) -> Iterable[tuple[str, str, int, int]]:
         return self.con.execute("SELECT doc_id, hash, first_row, n_chunks FROM docs ORDER BY first_row")
 

@@ -106,7 +106,11 @@ class VectorIndex:
     def load(cls, directory: str, params: dict[str, Any]) -> VectorIndex:
         vectors = np.load(os.path.join(directory, "vectors.f16.npy"), mmap_mode="r")
         path = os.path.join(directory, "vectors.faiss")
-        index = _faiss().read_index(path) if os.path.exists(path) else None
+        faiss = _faiss() if os.path.exists(path) else None
+        # IVF lists stay in the file (mapped, paged in as probed): opening a big KB costs no RAM for them
+        ivf = faiss is not None and params.get("kind", "").startswith("ivf")
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if ivf else 0
+        index = faiss.read_index(path, flags) if faiss else None
         return cls(vectors, index, params)
 
     def save(self, directory: str) -> None:

@@ -241,3 +241,15 @@ def test_ray_build_equals_single_process(src, tmp_path):
     dist = KnowledgeBase.build(tmp_path / "ray", [src], chunk_size=64, overlap=8, batch_size=60, ray="local")
     assert_same(snapshot(tmp_path / "one"), snapshot(tmp_path / "ray"))
     assert [h.id for h in one.search("river bank", k=10)] == [h.id for h in dist.search("river bank", k=10)]
+
+
+def test_ids_of_a_large_segment_come_from_sqlite(src, tmp_path, monkeypatch):
+    import picorag.segment as segment
+
+    kb = KnowledgeBase.build(tmp_path / "kb", [src], chunk_size=64, overlap=8)
+    want = [(h.id, h.score) for h in kb.search("w5 w9 river", k=20, fetch=True)]
+    monkeypatch.setattr(segment, "IDS_IN_MEMORY", 10)  # as if the segment were huge
+    big = KnowledgeBase.open(tmp_path / "kb")
+    assert [(h.id, h.score) for h in big.search("w5 w9 river", k=20, fetch=False)] == want
+    assert big.segments[0]._doc_ids is None  # no list of every doc id was made
+    assert isinstance(big.segments[0].doc_of_row, np.ndarray) and not big.segments[0].doc_of_row.flags.owndata
