@@ -108,15 +108,24 @@ def write_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
                 time.sleep(0.05)
         try:
             yield
-        except (OSError, sqlite3.OperationalError) as e:
+        except (*DAMAGE, OSError) as e:
             reason = write_refused(e)
             if reason is None:
+                if not isinstance(e, OSError):
+                    _verify(path)  # the KB's own files at fault? then say so (a 'damaged' PicoragError)
                 raise
             with contextlib.suppress(Exception):  # free the space the failed write took, if we can
                 _collect_garbage(path, read_manifest(path))
             raise PicoragError(f"could not write {path} ({reason}); the previous state is intact") from None
     finally:
         os.close(fd)
+
+
+def _verify(path: Path) -> None:
+    """The full check of every segment (see integrity.verify_segment); raises when one is damaged."""
+    with KnowledgeBase.open(path) as kb:
+        for seg in kb.segments:
+            verify_segment(seg, path)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

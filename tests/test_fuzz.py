@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from picorag.cli import main
@@ -287,6 +287,9 @@ def _use_damaged_kb(kb_path: Path, name: str) -> None:
 
 @FUZZ
 @given(target=st.sampled_from(KB_FILES), which=st.integers(0, 1), mutation=MUTATION)
+@example(target="chunks.sqlite", which=0, mutation=("flip", 114651, b"\x00"))  # found: NULLs reach delete
+@example(target="chunks.sqlite", which=0, mutation=("flip", 114652, b"\x00"))  # found: a two-line error
+@example(target="bm25.tf.npy", which=0, mutation=("flip", 762066, b"\x00\x00\x00"))  # found: TokenError
 def test_damaged_kb_files(template, target, which, mutation):
     with kb_copy(template) as kb_path:
         if target == "manifest.json":
