@@ -203,6 +203,17 @@ def test_rag_finetune_and_gpt_generator(tmp_path, example, pretrained):
         load_generator("gpt")
 
 
+def test_ask_with_the_gpt_generator(tmp_path, example, pretrained, capsys):
+    # the whole answer path: retrieve, fit the passages to the model's window, stream, resolve citations
+    argv = ["ask", str(example / "knowledge_base"), "Do gift cards expire?", "--generator", "gpt", "--model",
+            str(pretrained), "--max-tokens", "6", "-k", "2"]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out  # an untrained model's answer: any text, then the sources (or none cited)
+    assert "Sources:" in out or "(no passage cited)" in out
+    assert main([*argv[:-4], "--model", str(tmp_path / "nothing")]) == 1
+    assert "not a picorag model checkpoint" in capsys.readouterr().err
+
+
 def test_cli_train_commands(tmp_path, text_file, capsys):
     base = tmp_path / "base"
     argv = ["train", "pretrain", "--from", str(text_file), "--out", str(base), "--steps", "3", "--batch-size", "2",
