@@ -69,14 +69,32 @@ def list_files(paths: Iterable[str | Path], warn: Warn) -> list[Path]:
     """Expand directories (recursively, sorted for stable order); warn about what will be skipped."""
     files: list[Path] = []
     skipped: list[str] = []
+    links: list[str] = []
     for raw in paths:
         p = Path(raw)
         if not p.exists():
+            if p.is_symlink():
+                raise PicoragError(f"input {p} is a broken symbolic link (its target is missing, or it loops)")
             raise PicoragError(f"input not found: {p}")
         if p.is_dir():  # hidden files and everything under hidden folders (.git, .venv) are skipped
-            found = sorted(
-                q for q in p.rglob("*") if q.is_file() and not any(x.startswith(".") for x in q.relative_to(p).parts)
-            )
+            root = p.resolve()
+            found = []
+            # rglob does not descend into linked directories (no loops); a linked file is read only when
+            # it stays inside the directory given, so a link cannot pull in files from elsewhere unseen
+            for q in sorted(p.rglob("*")):
+                if any(x.startswith(".") for x in q.relative_to(p).parts):
+                    continue
+                if q.is_symlink():
+                    try:
+                        target = q.resolve(strict=True)
+                    except (OSError, RuntimeError):
+                        links.append(f"{q} (broken or a loop)")
+                        continue
+                    if not target.is_relative_to(root):
+                        links.append(f"{q} -> {target}")
+                        continue
+                if q.is_file():
+                    found.append(q)
         else:
             found = [p]
         for q in found:
@@ -84,6 +102,9 @@ def list_files(paths: Iterable[str | Path], warn: Warn) -> list[Path]:
                 files.append(q)
             else:
                 skipped.append(str(q))
+    if links:
+        warn(f"skipped {len(links)} symbolic link(s) leading outside the input directory or broken: "
+             + ", ".join(links[:5]) + (f" and {len(links) - 5} more" if len(links) > 5 else ""))
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         warn(f"skipped {len(skipped)} file(s) of unsupported type: {shown}")

@@ -297,3 +297,29 @@ def test_a_writer_that_cannot_get_the_lock_fails_clearly(kb, tmp_path):
         holder.kill()
         holder.wait()
     kb.add([write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls and cats."}])])  # lock freed
+
+
+# -- security: symbolic links in --from -----------------------------------------------------------------
+
+
+def test_symlinks_in_inputs_never_hang_or_escape_silently(tmp_path):
+    """A directory with a link loop, a link to a file and a directory outside, a dangling link and a
+    self-link: the walk ends, reads only what lies inside, and names every link it skipped."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("secret outside text")
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("inside text")
+    (src / "inner.txt").symlink_to(src / "a.txt")  # a link that stays inside is fine
+    for name, target in [("link.txt", "../outside/secret.txt"), ("sub/outdir", "../../outside"), ("sub/loop", ".."),
+                         ("self.txt", "self.txt"), ("dangling.txt", "nowhere.txt")]:
+        (src / name).symlink_to(target)
+    warnings: list[str] = []
+    kb = KnowledgeBase.build(tmp_path / "kb", [src], warn=warnings.append)
+    assert sorted(h.doc_id.rsplit("/", 1)[-1] for h in kb.search("text", k=10)) == ["a.txt", "inner.txt"]
+    assert not kb.search("secret")
+    (warning,) = [w for w in warnings if "symbolic link" in w]
+    for name in ("link.txt", "outdir", "self.txt (broken or a loop)", "dangling.txt (broken or a loop)"):
+        assert name in warning, warning
+    with pytest.raises(PicoragError, match="broken symbolic link"):
+        KnowledgeBase.build(tmp_path / "kb2", [src / "self.txt"])
