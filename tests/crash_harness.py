@@ -1,6 +1,7 @@
 """Kill a KB writer with SIGKILL at random moments and check that the KB is always a committed state.
 
-The writer adds batches of documents, deletes some and compacts now and then, and after every
+The writer adds batches of documents, deletes some and compacts now and then (every fourth trial:
+an HTTP server taking the batches through POST /documents), and after every
 commit appends the set of live batches to a log (fsynced). A SIGKILL can land anywhere: inside
 SQLite, between array files, between the segment rename and the manifest replace... Afterwards the
 KB must open, hold exactly the last logged state or the one after it (the commit happened, the log
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 BATCH = 20
-WRITER = r"""
+PRELUDE = r"""
 import json, os, sys
 from pathlib import Path
 from picorag.kb import KnowledgeBase
@@ -37,6 +38,27 @@ def commit(state):
 
 commit(live)
 start = int(log.read_text().count("\n")) * 10  # batch numbers never reused across trials
+"""
+# a server write: the server (uvicorn in a thread) and its client share the process the kill lands on,
+# so it dies mid-request, inside POST /documents' add
+SERVER_WRITER = PRELUDE + r"""
+import socket, threading, time
+import httpx, uvicorn
+from picorag.server import create_app
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+server = uvicorn.Server(uvicorn.Config(create_app(kb_path), host="127.0.0.1", port=port, log_level="error"))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.02)
+with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+    for i in range(start, start + 1000):
+        docs = [{"id": f"b{i}-{j}", "content": f"batch{i} document {j} " + "filler " * 30} for j in range(20)]
+        r = c.post("/documents", json={"documents": docs})
+        assert r.status_code == 200 and r.json()["chunks"] == 20, r.text
+        live.append(i); commit(live)
+"""
+WRITER = PRELUDE + r"""
 for i in range(start, start + 1000):
     src = work / f"b{i}.jsonl"
     src.write_text("".join(json.dumps({"id": f"b{i}-{j}", "text": f"batch{i} document {j} " + "filler " * 30}) + "\n"
@@ -92,9 +114,11 @@ def trial(seed: int, root: Path, max_delay: float = 1.5) -> str | None:
         seed_doc.write_text(json.dumps({"id": "seed", "text": "seed document"}) + "\n")
         KnowledgeBase.build(kb_path, [seed_doc]).delete(doc_ids=["seed"])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    p = subprocess.Popen([sys.executable, "-c", WRITER, str(kb_path), str(log), str(work)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.8 + rng.random() * max_delay)  # python + numpy start-up, then a random point
+    server = seed % 4 == 3  # every fourth trial kills a server in the middle of POST /documents
+    p = subprocess.Popen([sys.executable, "-c", SERVER_WRITER if server else WRITER, str(kb_path), str(log),
+                          str(work)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # python + numpy start-up (and the server's), then a random point
+    time.sleep(2.5 + rng.random() * (max_delay + 2) if server else 0.8 + rng.random() * max_delay)
     p.send_signal(signal.SIGKILL)
     _, err = p.communicate()
     if p.returncode != -signal.SIGKILL:
