@@ -31,8 +31,9 @@ test: $(STAMP) browser
 bench: $(STAMP)
 	$(BIN)/python bench/bench_bm25.py
 
+# 100 SIGKILL crash trials, 10,000 fuzz inputs, enormous inputs with peak RSS, 10,000-request server load
 stress: $(STAMP)
-	$(BIN)/python tests/crash_harness.py 100
+	$(BIN)/python bench/stress.py
 
 clean:
 	rm -rf $(VENV) .demo-kb .demo-kb-en
