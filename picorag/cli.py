@@ -62,7 +62,8 @@ def cmd_add(args: argparse.Namespace) -> None:
 
     if not args.sources and not args.dense:
         raise PicoragError("nothing to add: give files/directories, or --dense MODEL to add vectors")
-    stats = KnowledgeBase.open(args.kb).add(args.sources, warn=_warn, dense=args.dense, index=args.index)
+    stats = KnowledgeBase.open(args.kb).add(args.sources, warn=_warn, dense=args.dense, index=args.index,
+                                            batch_size=args.batch_size)
     _emit(args, stats, "added {added}, replaced {replaced}, unchanged {unchanged} documents "
                        "({chunks} chunks written)".format(**stats))
 
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("add", cmd_add, "add or update documents without rebuilding (or give a KB vectors)")
     sp.add_argument("sources", nargs="*", metavar="PATH")
     dense_args(sp)
+    sp.add_argument("--batch-size", type=int, default=10_000, help="records per shard: bounds memory (10000)")
 
     sp = command("delete", cmd_delete, "delete documents or single chunks")
     sp.add_argument("--doc-id", action="append", metavar="ID")

@@ -136,6 +136,8 @@ def process(records: list[Record], s: Settings, encoder: Encoder | None = None) 
 
 def batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
     """Lists of up to `size` records (fewer when their text passes MAX_BATCH_CHARS)."""
+    if size < 1:
+        raise PicoragError(f"batch size must be at least 1 (got {size})")
     batch: list[Record] = []
     chars = 0
     for rec in records:

@@ -253,3 +253,18 @@ def test_ids_of_a_large_segment_come_from_sqlite(src, tmp_path, monkeypatch):
     assert [(h.id, h.score) for h in big.search("w5 w9 river", k=20, fetch=False)] == want
     assert big.segments[0]._doc_ids is None  # no list of every doc id was made
     assert isinstance(big.segments[0].doc_of_row, np.ndarray) and not big.segments[0].doc_of_row.flags.owndata
+
+
+def test_cli_add_in_batches(src, tmp_path, capsys):
+    kb = tmp_path / "kb"
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(Path(src).read_text().splitlines(keepends=True)[:200]))
+    assert main(["build", str(kb), "--from", str(half), "--chunk-size", "64", "--overlap", "8"]) == 0
+    capsys.readouterr()
+    assert main(["add", str(kb), str(src), "--batch-size", "30", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["added"], stats["replaced"], stats["unchanged"]) == (200, 200, 0)  # the path is in the hash
+    assert main(["add", str(kb), str(src), "--batch-size", "0"]) == 1
+    assert "batch size must be at least 1" in capsys.readouterr().err
+    assert KnowledgeBase.open(kb).info()["chunks"] == KnowledgeBase.build(tmp_path / "b", [src], chunk_size=64,
+                                                                          overlap=8).info()["chunks"]
