@@ -41,6 +41,7 @@ from .ingest import SUFFIXES, suffix_of
 from .kb import KnowledgeBase
 from .prompt import document
 from .records import PicoragError
+from .strategies import STRATEGIES
 
 MAX_BODY = 20 * 1024 * 1024  # bytes per request (uploads included)
 SEARCH_FIELDS = ("mode", "fusion", "recall_factor", "cut", "nprobe")
@@ -61,7 +62,7 @@ _WHERE = {"type": "object", "description": 'metadata filters: {"law": "中华人
 SEARCH_BODY: dict[str, Any] = {
     "query": {"type": "string"}, "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
     "mode": {"type": "string", "enum": ["bm25", "dense", "hybrid"], "description": "default: hybrid with vectors"},
-    "where": _WHERE, "strategy": {"type": "string", "default": "plain", "description": "plain, hyde, step-back, …"},
+    "where": _WHERE, "strategy": {"type": "string", "default": "plain", "enum": list(STRATEGIES)},
     "fusion": {"type": "string", "enum": ["rrf", "weighted"]}, "recall_factor": {"type": "integer"},
     "cut": {"type": "number"}, "nprobe": {"type": "integer"}}
 ASK_BODY: dict[str, Any] = {"question": {"type": "string"}, "stream": {"type": "boolean", "default": False,
@@ -89,6 +90,7 @@ DOCUMENTS_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
         "type": "array", "items": {"type": "string", "format": "binary"},
         "description": ".txt .md .pdf .pptx .jsonl(.gz) files"}}}}}}}
+
 
 class Snapshots:
     """The current KnowledgeBase, reopened when the manifest on disk changes."""
