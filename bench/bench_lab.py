@@ -13,6 +13,7 @@ The law-corpus tokenizer (2,048 tokens) and token ids are cached in bench/out/la
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DATA, IMG, OUT, limit_threads, loadavg, md_table, write_json  # noqa: E402
 
-limit_threads(2)
+limit_threads(int(os.environ.get("LAB_THREADS", "1")))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -34,7 +35,8 @@ from picorag.train import TrainConfig, fit, init_distributed, pretrain, rag_fine
 LAB = OUT / "lab"
 LAW = DATA / "law" / "corpus"
 PATTERNS = {"T": "T,T,T,T,T,T", "M": "M,M,M,M,M,M", "hybrid": "T,T,T,M,M,M"}  # ~10M at n_embd 384
-PATTERNS4 = {"T": "T,T,T,T", "M": "M,M,M,M", "hybrid": "T,T,M,M"}  # the small models of curves and rag
+PATTERNS4 = {"T": "T,T,T,T", "M": "M,M,M,M", "hybrid": "T,T,M,M"}  # the small models of curves
+PATTERNS3 = {"T": "T,T,T", "M": "M,M,M", "hybrid": "T,M,M"}  # and of rag
 
 
 def law_tokens() -> tuple[Tokenizer, np.ndarray]:
@@ -164,16 +166,16 @@ def rag(args: argparse.Namespace) -> None:
     from picorag.checkpoint import load_checkpoint
 
     tok, _ = law_tokens()
-    pattern = PATTERNS4.get(args.pattern, args.pattern)
+    pattern = PATTERNS3.get(args.pattern, args.pattern)
     base, tuned, data = LAB / f"rag-base-{args.pattern}", LAB / f"rag-tuned-{args.pattern}", LAB / "law-rag"
-    model_cfg = {"sequence_len": 384, "n_layer": 4, "n_head": 4, "n_embd": 128, "block_pattern": pattern}
+    model_cfg = {"sequence_len": 384, "n_layer": 3, "n_head": 4, "n_embd": 96, "block_pattern": pattern}
     if not (data / "conversations_train.jsonl").is_file():
         prepare_dataset("build", str(data), [str(LAW)], k=3, p_absent=0.2, multi_hop=0.2, test_frac=0.1)
     if not (base / "config.json").is_file():
-        pretrain([str(LAW)], base, model_cfg, TrainConfig(steps=args.steps // 2, batch_size=8, lr=3e-3, eval_every=50,
+        pretrain([str(LAW)], base, model_cfg, TrainConfig(steps=args.steps // 2, batch_size=4, lr=3e-3, eval_every=50,
                                                           device=args.device), tokenizer=str(LAB / "tokenizer.json"))
     if not (tuned / "config.json").is_file():
-        rag_finetune(data / "conversations_train.jsonl", tuned, TrainConfig(steps=args.steps, batch_size=8, lr=2e-3,
+        rag_finetune(data / "conversations_train.jsonl", tuned, TrainConfig(steps=args.steps, batch_size=4, lr=3e-3,
                                                                             eval_every=50, device=args.device),
                      init=base)
     tests = [json.loads(line) for line in (data / "conversations_test.jsonl").read_text().splitlines()]
@@ -205,13 +207,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("section", choices=["throughput", "curves", "rag"])
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("LAB_THREADS", "1")))
     p.add_argument("--device", default="cpu")
     p.add_argument("--pattern", default="T", help="rag: T, M, hybrid or an explicit block pattern")
-    p.add_argument("--questions", type=int, default=60, help="rag: held-out questions to answer")
+    p.add_argument("--questions", type=int, default=40, help="rag: held-out questions to answer")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    args.steps = args.steps or {"throughput": 3, "curves": 200, "rag": 300}[args.section]
+    args.steps = args.steps or {"throughput": 3, "curves": 200, "rag": 200}[args.section]
     {"throughput": throughput, "curves": curves, "rag": rag}[args.section](args)
 
 
