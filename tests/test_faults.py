@@ -323,3 +323,29 @@ def test_symlinks_in_inputs_never_hang_or_escape_silently(tmp_path):
         assert name in warning, warning
     with pytest.raises(PicoragError, match="broken symbolic link"):
         KnowledgeBase.build(tmp_path / "kb2", [src / "self.txt"])
+
+
+# -- security: the API key ---------------------------------------------------------------------------------
+
+
+def test_api_key_is_compared_in_constant_time(kb, monkeypatch):
+    """Every guarded request goes through hmac.compare_digest (its time does not depend on where the
+    strings differ); a prefix, a longer key, an empty one and non-ASCII ones are all refused."""
+    import hmac
+
+    import picorag.server as server
+
+    calls, real = [], hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(server.hmac, "compare_digest", spy)
+    with TestClient(create_app(kb.path, api_key="s3cret-key"), raise_server_exceptions=False) as c:
+        for given in ["s3cret", "s3cret-key-and-more", "", "S3CRET-KEY", "s3cret-kéy"]:
+            r = c.post("/search", json={"query": "cats"}, headers={"Authorization": f"Bearer {given}".encode()})
+            assert r.status_code == 401 and "API key" in r.json()["error"]["message"], (given, r.text)
+        assert c.post("/search", json={"query": "cats"},
+                      headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+    assert len(calls) == 6 and all(b == b"s3cret-key" for _, b in calls)
