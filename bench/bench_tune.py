@@ -1,0 +1,162 @@
+"""`picorag tune` before/after, per retrieval mode, on three sets.
+
+    .venv/bin/python bench/bench_tune.py [--only law|scifact] [--steps 400]
+
+    law      KB bench/out/kbs/law-e5-small (3 statutes, e5-small vectors), copied to bench/out/tune/law-e5
+             - bench/data/law_vague_dev.jsonl: our 54 vague colloquial questions (hit@5, MRR@5)
+             - ../shared/data/law/eval/law_eval_set.jsonl: the shared set, test only (must stay hit@5 1.00)
+    scifact  KB bench/out/kbs/scifact-minilm, copied to bench/out/tune/scifact-minilm; BEIR test queries (nDCG@10)
+
+The adapter is trained on pseudo-queries made from each KB's own chunks only (picorag/tune.py); no question
+of any set above is seen by training or by the choice of its settings' defaults, except the dev set, which
+chose the defaults. Pseudo-query vectors are cached under bench/out/tune/cache (embedding is the slow part).
+Writes bench/out/tune.md, bench/out/tune.json and bench/out/tune.png.
+"""
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from common import cpu_info, git_commit, loadavg, md_table, pyplot, write_json, write_text  # noqa: E402
+
+from picorag.evaluate import evaluate  # noqa: E402
+from picorag.kb import KnowledgeBase  # noqa: E402
+from picorag.tune import TuneConfig, embed_queries, passage_matrix, pseudo_queries, save_tuned, train_adapter  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+WORK = OUT / "tune"
+SHARED = ROOT.parent / "shared" / "data"
+SETS = {
+    "law": {"kb": OUT / "kbs" / "law-e5-small", "copy": WORK / "law-e5", "datasets": [
+        ("vague dev (ours, 54)", ROOT / "bench" / "data" / "law_vague_dev.jsonl"),
+        ("shared law set (test only, 100)", SHARED / "law" / "eval" / "law_eval_set.jsonl")]},
+    "scifact": {"kb": OUT / "kbs" / "scifact-minilm", "copy": WORK / "scifact-minilm", "datasets": [
+        ("SciFact test (300)", SHARED / "beir" / "scifact")]},
+}
+MODES = ("bm25", "dense", "hybrid")
+
+
+def tuned_kb(name: str, cfg: TuneConfig) -> tuple[Path, dict]:
+    """Copy the benchmark KB (never touch the original), make and embed pseudo-queries (cached), train
+    the adapter and store it in the copy exactly as `picorag tune` does."""
+    spec = SETS[name]
+    if not spec["copy"].exists():
+        shutil.copytree(spec["kb"], spec["copy"])
+    kb = KnowledgeBase.open(spec["copy"])
+    t0 = time.perf_counter()
+    queries, pos = pseudo_queries(kb, cfg)
+    t_make = time.perf_counter() - t0
+    key = hashlib.sha256(json.dumps([queries, pos.tolist()], ensure_ascii=False).encode()).hexdigest()[:12]
+    cache = WORK / "cache" / f"{name}-{key}.npy"
+    t0 = time.perf_counter()
+    if cache.exists():
+        q = np.load(cache)
+        t_embed = json.loads(cache.with_suffix(".json").read_text())["seconds"]
+    else:
+        q = embed_queries(kb, queries)
+        t_embed = time.perf_counter() - t0
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, q)
+        cache.with_suffix(".json").write_text(json.dumps({"seconds": t_embed, "n": len(q)}))
+    p, live = passage_matrix(kb)
+    t0 = time.perf_counter()
+    w, rep = train_adapter(q, p, pos, live, cfg)
+    t_train = time.perf_counter() - t0
+    dense = kb.manifest["dense"]
+    save_tuned(kb.path, w, {"method": "query-adapter", "model": dense["model"], "dim": dense["dim"],
+                            "trained_on": {"chunks": int(live.sum()), "pseudo_queries": len(q)},
+                            "config": asdict(cfg), "report": rep})
+    examples = [queries[i] for i in range(0, len(queries), max(1, len(queries) // 5))][:5]
+    return spec["copy"], {"pseudo_queries": len(q), "make_s": t_make, "embed_s": t_embed, "train_s": t_train,
+                          **rep, "examples": examples}
+
+
+def measure(kb_dir: Path, dataset: Path) -> dict[str, dict[str, dict]]:
+    kb = KnowledgeBase.open(kb_dir)
+    out: dict[str, dict[str, dict]] = {}
+    for mode in MODES:
+        for tuned in (False, True):
+            if mode == "bm25" and tuned:  # BM25 does not use the adapter
+                out[mode]["after"] = out[mode]["before"]
+                continue
+            opts = {"mode": mode, "tuned": tuned, "fetch": not dataset.is_dir()}
+            res = evaluate(lambda q, n, o=opts: kb.search(q, k=n, **o), dataset, k=5,
+                           search_many=lambda qs, n, o=opts: kb.search_many(qs, k=n, **o))
+            out.setdefault(mode, {})["after" if tuned else "before"] = {
+                key: res[key] for key in ("hit@5", "mrr@5", "ndcg@10", "recall@100")}
+            print(f"  {dataset.name} {mode:6s} {'tuned' if tuned else 'plain'}: "
+                  + "  ".join(f"{key} {v:.3f}" for key, v in out[mode]["after" if tuned else "before"].items()),
+                  flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=list(SETS))
+    ap.add_argument("--steps", type=int, default=TuneConfig.steps)
+    args = ap.parse_args()
+    cfg = TuneConfig(steps=args.steps)
+    results: dict = {"load_before": loadavg(), "cpu": cpu_info(), "commit": git_commit(), "config": asdict(cfg),
+                     "sets": {}}
+    for name in [args.only] if args.only else list(SETS):
+        print(f"{name}: tuning", flush=True)
+        kb_dir, train = tuned_kb(name, cfg)
+        print(f"  {train}", flush=True)
+        results["sets"][name] = {"train": train, "eval": {label: measure(kb_dir, ds)
+                                                          for label, ds in SETS[name]["datasets"]}}
+    results["load_after"] = loadavg()
+    write_json(OUT / "tune.json", results)
+    write_text(OUT / "tune.md", report(results))
+    plot(results)
+    print(report(results))
+
+
+def report(r: dict) -> str:
+    lines = [f"commit {r['commit']}; load average before {r['load_before']}, after {r['load_after']}; "
+             f"{r['cpu'].get('model', '')} ({r['cpu'].get('cores', '?')} cores)", ""]
+    rows = []
+    for s in r["sets"].values():
+        for label, ev in s["eval"].items():
+            metrics = ("ndcg@10", "recall@100") if "SciFact" in label else ("hit@5", "mrr@5")
+            for mode in MODES:
+                b, a = ev[mode]["before"], ev[mode]["after"]
+                rows.append([label, mode] + [f"{b[m]:.3f} → {a[m]:.3f}" for m in metrics]
+                            + [", ".join(metrics)])
+    lines.append(md_table(["set", "mode", "first metric: before → after", "second", "metrics"], rows))
+    lines += ["", md_table(["KB", "pseudo-queries", "embed s", "train s", "steps (best)", "held-out MRR@10"],
+                           [[n, s["train"]["pseudo_queries"], f"{s['train']['embed_s']:.0f}",
+                             f"{s['train']['train_s']:.0f}", f"{s['train']['steps']} ({s['train']['best_step']})",
+                             f"{s['train']['val_mrr10_before']:.3f} → {s['train']['val_mrr10_after']:.3f}"]
+                            for n, s in r["sets"].items()])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict) -> None:
+    plt = pyplot()
+    panels = [(name, label, ev) for name, s in r["sets"].items() for label, ev in s["eval"].items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (_, label, ev) in zip(axes[0], panels, strict=True):
+        metric = "ndcg@10" if "SciFact" in label else "hit@5"
+        x = np.arange(len(MODES))
+        ax.bar(x - 0.2, [ev[m]["before"][metric] for m in MODES], 0.4, label="plain")
+        ax.bar(x + 0.2, [ev[m]["after"][metric] for m in MODES], 0.4, label="tuned")
+        ax.set_xticks(x, MODES)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{label}\n{metric}", fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "tune.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
