@@ -113,10 +113,10 @@ def big_input(tmp_path, mb: int):
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    """A 3 MB tmpfs: a real ENOSPC and a real read-only remount (needs root with mount rights)."""
+    """A 1 MB tmpfs: a real ENOSPC and a real read-only remount (needs root with mount rights)."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
                                            capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (not root, or no mount rights in this container)")
     try:
@@ -129,7 +129,7 @@ def test_disk_full_during_add_leaves_the_kb_intact(tiny_fs, tmp_path):
     kb = KnowledgeBase.build(tiny_fs / "kb", [write_jsonl(tmp_path / "docs.jsonl", DOCS)])
     before = state(kb.path)
     with pytest.raises(PicoragError, match=r"disk full.*previous state is intact"):
-        kb.add([big_input(tmp_path, 5)])
+        kb.add([big_input(tmp_path, 2)])
     assert state(kb.path) == before
     rc, err = cli_run("add", kb.path, tmp_path / "big.jsonl")
     assert rc == 1 and err.count("\n") == 1 and "disk full" in err, err
@@ -167,9 +167,9 @@ def cli_run(*args, limit: int | None = None) -> tuple[int, str]:
 
 
 def test_file_size_limit_during_add(kb, tmp_path):
-    """Works without mount rights: RLIMIT_FSIZE makes every write past 1 MB fail with EFBIG."""
+    """Works without mount rights: RLIMIT_FSIZE makes every write past 500 kB fail with EFBIG."""
     before = state(kb.path)
-    rc, err = cli_run("add", kb.path, big_input(tmp_path, 3), limit=1_000_000)
+    rc, err = cli_run("add", kb.path, big_input(tmp_path, 2), limit=500_000)
     assert rc == 1 and err.count("\n") == 1 and "previous state is intact" in err, err  # SQLite: "disk I/O error"
     assert state(kb.path) == before and no_leftovers(kb.path)
     kb.add([write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls and cats."}])])
