@@ -243,3 +243,18 @@ def test_torchrun_two_processes_give_the_one_process_curve(tmp_path, text_file):
     curve = [[float(r.split(",")[1]) for r in (tmp_path / d / "log.csv").read_text().splitlines()[1:]]
              for d in ("one", "two")]
     assert len(curve[0]) == 6 and curve[0] == pytest.approx(curve[1], abs=1e-4)
+
+
+def test_pretraining_text_from_a_kb_skips_deleted_chunks(tmp_path, example):
+    from picorag.dataset import read_texts
+    from picorag.kb import KnowledgeBase
+
+    kb = tmp_path / "kb"
+    shutil.copytree(example / "knowledge_base", kb)
+    texts = read_texts(kb=str(kb))
+    assert len(texts) == 10 and any("cannot be exchanged for cash" in t for t in texts)
+    KnowledgeBase.open(kb).delete(["store_002"])
+    texts = read_texts(kb=str(kb))
+    assert len(texts) == 9 and not any("cannot be exchanged for cash" in t for t in texts)
+    with pytest.raises(PicoragError, match="no text"):
+        read_texts([])
