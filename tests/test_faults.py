@@ -157,6 +157,19 @@ def test_read_only_filesystem(tiny_fs, tmp_path):
     assert "owl-0" in state(kb.path)[3]
 
 
+def test_server_upload_on_a_read_only_disk_is_a_clear_error(tiny_fs, tmp_path):
+    kb = KnowledgeBase.build(tiny_fs / "kb", [write_jsonl(tmp_path / "docs.jsonl", DOCS)])
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+    try:
+        with TestClient(create_app(kb.path), raise_server_exceptions=False) as c:
+            r = c.post("/documents", json={"documents": [{"id": "owl", "content": "Owls."}]})
+            assert r.status_code == 507 and "read-only" in r.json()["error"]["message"], r.text
+            assert c.delete("/documents/d1").status_code == 400
+            assert c.post("/search", json={"query": "cats"}).json()["hits"]
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=True)
+
+
 def cli_run(*args, limit: int | None = None) -> tuple[int, str]:
     """`picorag ARGS` in a subprocess, optionally with RLIMIT_FSIZE (files cannot grow past `limit`)."""
     pre = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
