@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .answer import Answer, ask
 from .generate import Generator, load_generator
 from .ingest import SUFFIXES, suffix_of
-from .kb import KnowledgeBase, write_refused
+from .kb import KnowledgeBase
 from .prompt import document
 from .records import PicoragError
 from .strategies import STRATEGIES
@@ -104,6 +104,14 @@ class Snapshots:
     def _stamp(self) -> tuple[int, int]:
         st = (self.path / "manifest.json").stat()
         return st.st_mtime_ns, st.st_ino
+
+    def write(self, method: str, *args: Any, **kw: Any) -> Any:
+        """A write through its own KnowledgeBase object: a writer reloads its object in place, and the
+        snapshot that readers in other threads are searching must not change under them."""
+        with KnowledgeBase.open(self.path) as kb:
+            out = getattr(kb, method)(*args, **kw)
+        self.current()
+        return out
 
     def current(self) -> KnowledgeBase:
         stamp = self._stamp()
@@ -207,8 +215,6 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
                 e = e.exceptions[0]
             if isinstance(e, PicoragError):
                 return error(413 if isinstance(e, BodyTooLarge) else 400, str(e))
-            if reason := write_refused(e):  # staging an upload in the KB's folder on a full or read-only disk
-                return error(507, f"could not write to the knowledge base ({reason}); it is unchanged")
             return error(500, f"internal error: {type(e).__name__}")
 
     def body_of(raw: bytes) -> dict[str, Any]:
@@ -247,7 +253,12 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
 
     @app.get("/kb")
     def kb_info() -> dict[str, Any]:
-        return snaps.current().info()
+        """The KB's manifest summary, the generator, and the strategies that can work with both."""
+        info = snaps.current().info()
+        # hyde and step-back need a generator that writes; hyde also needs vectors (see strategies.py)
+        usable = [s for s in STRATEGIES if s in ("plain", "multi-hop") or
+                  (gen.can_write and (s != "hyde" or info["dense"]))]
+        return {**info, "generator": {"name": gen.name, "can_write": gen.can_write}, "strategies": usable}
 
     facet_cache: dict[tuple[str, int], list[dict[str, Any]]] = {}
 
@@ -331,8 +342,7 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
     @app.post("/documents", openapi_extra=DOCUMENTS_BODY)
     async def add_documents(request: Request) -> dict[str, Any]:
         """JSON {"documents": [{"id", "title", "content", ...}]} or multipart file uploads."""
-        kb = snaps.current()
-        with tempfile.TemporaryDirectory(prefix="upload-", dir=kb.path) as tmp:
+        with tempfile.TemporaryDirectory(prefix="upload-", dir=snaps.path) as tmp:
             root = Path(tmp)
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 form = await request.form()
@@ -354,17 +364,16 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
                         out.write(json.dumps(d, ensure_ascii=False) + "\n")
             warnings: list[str] = []
             try:
-                stats = await run_in_threadpool(kb.add, [root], warn=warnings.append, id_root=root)
+                stats = await run_in_threadpool(snaps.write, "add", [root], warn=warnings.append, id_root=root)
             except PicoragError as e:  # name the upload, not the server's temporary directory
                 message = str(e).replace(f"{root}/documents.jsonl:", "document ").replace(f"{root}/", "")
                 raise PicoragError(message) from None
             warnings = [w.replace(f"{root}/", "") for w in warnings]
-        snaps.current()
         return {**stats, "warnings": warnings}
 
     @app.delete("/documents/{doc_id:path}")
     def delete_document(doc_id: str) -> dict[str, Any]:
-        return snaps.current().delete(doc_ids=[doc_id])
+        return snaps.write("delete", doc_ids=[doc_id])
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:

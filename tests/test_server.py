@@ -63,7 +63,9 @@ def server(kb_path):
 def test_health_kb_and_search(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.get("/health").json() == {"status": "ok"}
-        assert c.get("/kb").json()["docs"] == 3
+        info = c.get("/kb").json()
+        assert info["docs"] == 3 and info["generator"] == {"name": "extractive", "can_write": False}
+        assert info["strategies"] == ["plain", "multi-hop"]  # hyde, step-back need a writing generator
         r = c.post("/search", json={"query": "refunds paid", "k": 2})
         assert r.status_code == 200 and r.json()["hits"][0]["id"] == "refund-0"
         assert r.json()["mode"] == "bm25" and r.json()["hits"][0]["citation"]
@@ -164,28 +166,37 @@ def test_add_and_delete_documents(kb_path, server):
 
 
 def test_readers_see_whole_snapshots_during_writes(kb_path, server):
-    """Searches while documents are added: each result set is one committed state, never a mix."""
+    """Searches (three threads) while documents are added in worker threads: each result set is one
+    committed state, never a mix, and never an error."""
     stop, bad, seen = threading.Event(), [], set()
 
     def reader():
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            while not stop.is_set():
-                hits = c.post("/search", json={"query": "batch", "k": 50}).json()["hits"]
-                n = len(hits)
-                seen.add(n)
-                if n % 5:  # documents are added five at a time in one commit
-                    bad.append(n)
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                while not stop.is_set():
+                    r = c.post("/search", json={"query": "batch", "k": 100})
+                    if r.status_code != 200:
+                        bad.append(r.text)
+                        continue
+                    n = len(r.json()["hits"])
+                    seen.add(n)
+                    if n % 5:  # documents are added five at a time in one commit
+                        bad.append(n)
+        except Exception as e:  # a dead reader must fail the test, not go unnoticed
+            bad.append(repr(e))
 
-    t = threading.Thread(target=reader)
-    t.start()
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        for i in range(4):
+        for i in range(8):
             docs = [{"id": f"b{i}-{j}", "content": f"batch document {i} {j}"} for j in range(5)]
             assert c.post("/documents", json={"documents": docs}).status_code == 200
     time.sleep(0.3)
     stop.set()
-    t.join()
-    assert not bad and max(seen) == 20
+    for t in threads:
+        t.join()
+    assert not bad and max(seen) == 40 and len(seen) > 2, (bad[:5], seen)
 
 
 def test_openai_client_against_the_endpoint(server):

@@ -181,6 +181,8 @@ def test_search_ask_sources_filters_phone(page, dense_server, tmp_path):
 
     # the answer streams in (seen growing while still streaming), then numbered sources that open the chunk
     assert page.input_value("#question") == "which fins help a fish steer"  # carried over from the search
+    # a quoting generator cannot write HyDE passages or step-back questions: only what works is offered
+    assert page.locator("#ask-strategy option").all_inner_texts() == ["plain", "multi-hop"]
     page.fill("#question", "How do fish steer?")
     page.click("#ask-button")
     page.wait_for_function("document.querySelector('#answer.streaming') && "

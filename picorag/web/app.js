@@ -57,11 +57,15 @@ async function loadKb() {
   state.dense = Boolean(info.dense);
   const how = state.dense ? `BM25 + dense (${info.dense.model.split("/").pop()})` : "BM25 only";
   $("#kb-info").textContent = `${info.docs} documents · ${info.chunks} chunks · ${how}`;
-  const modes = state.dense ? ["hybrid", "bm25", "dense"] : ["bm25"];
-  const select = $("#ask-mode");
+  fillSelect($("#ask-mode"), state.dense ? ["hybrid", "bm25", "dense"] : ["bm25"]);
+  fillSelect($("#ask-strategy"), info.strategies || ["plain"]);
+  $("#ask-strategy").hidden = (info.strategies || []).length < 2;
+}
+
+function fillSelect(select, values) {
   const current = select.value;
-  select.replaceChildren(...modes.map((m) => el("option", { value: m }, m)));
-  if (modes.includes(current)) select.value = current;
+  select.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
+  if (values.includes(current)) select.value = current;
 }
 
 async function loadFacets() {
@@ -221,7 +225,8 @@ async function askQuestion(question) {
   $("#sources").replaceChildren();
   button.disabled = true;
   try {
-    const body = { question, stream: true, k: Number($("#k").value), mode: $("#ask-mode").value, where: where() };
+    const body = { question, stream: true, k: Number($("#k").value), mode: $("#ask-mode").value, where: where(),
+      strategy: $("#ask-strategy").value || "plain" };
     const response = await postJSON("/ask", body);
     for await (const { event, data } of sse(response)) {
       if (event === "token") answer.append(data.text);
