@@ -6,7 +6,7 @@ Searching, answering and indexing run in worker threads (sync endpoints, `run_in
 streams in their own thread), so a long request never stalls the event loop. Readers get a snapshot:
 each request uses the KnowledgeBase object that was current when it began, and a new one is opened
 when the manifest changes, so a search during a write sees the old KB or the new one, never a mix.
-Writes go through the KB's own lock.
+Writes use a KnowledgeBase object of their own and the KB's lock.
 
 >>> app = create_app("my-kb")          # doctest: +SKIP
 >>> uvicorn.run(app, port=8000)        # doctest: +SKIP
