@@ -106,8 +106,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=TuneConfig.steps)
     args = ap.parse_args()
     cfg = TuneConfig(steps=args.steps)
+    old = json.loads((OUT / "tune.json").read_text()) if (OUT / "tune.json").exists() else {}
     results: dict = {"load_before": loadavg(), "cpu": cpu_info(), "commit": git_commit(), "config": asdict(cfg),
-                     "sets": {}}
+                     "sets": old.get("sets", {}) if args.only else {}}  # --only updates one set in place
     for name in [args.only] if args.only else list(SETS):
         print(f"{name}: tuning", flush=True)
         kb_dir, train = tuned_kb(name, cfg)

@@ -473,10 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     answer_args(sp)
 
     sp = command("tune", cmd_tune, "adapt dense retrieval to this KB's own text (no labels needed)")
-    sp.add_argument("--steps", type=int, default=400, help="training steps (default 400)")
+    sp.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     sp.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock cap, embedding included (10)")
-    sp.add_argument("--per-chunk", type=int, default=2, help="pseudo-queries made from each chunk (default 2)")
-    sp.add_argument("--drop", type=float, default=0.4, help="share of rare words dropped from them (0.4)")
+    sp.add_argument("--per-chunk", type=int, default=1, help="sentences taken from each chunk (default 1)")
+    sp.add_argument("--drop", type=float, default=0.4, help="share of rare words dropped in a second copy (0.4)")
     sp.add_argument("--device", default="auto", help="torch device: auto (GPU when present), cpu, cuda")
     sp.add_argument("--remove", action="store_true", help="delete the KB's adapter instead")
 

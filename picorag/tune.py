@@ -54,15 +54,15 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 class TuneConfig:
     """Knobs of `tune`; the defaults were chosen on the vague law dev set (see docs/TUNE.md)."""
 
-    steps: int = 400
+    steps: int = 300
     budget_minutes: float = 10.0  # wall-clock cap for the whole tune, embedding included
-    per_chunk: int = 2  # pseudo-queries per chunk
-    drop: float = 0.4  # share of a pseudo-query's words dropped, rarest first
+    per_chunk: int = 1  # sentences per chunk, each asked whole and with its rare words dropped
+    drop: float = 0.4  # share of a sentence's words dropped in its second form, rarest first
     max_queries: int = 6000  # cap on pseudo-queries (embedding them is the slow part)
     batch: int = 256
     lr: float = 2e-3
     temperature: float = 0.05
-    reg: float = 1.0  # weight of ||W - I||^2
+    reg: float = 0.1  # weight of ||W - I||^2
     holdout: float = 0.1  # share of pseudo-queries kept aside to pick the best step
     seed: int = 0
     device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
@@ -115,7 +115,7 @@ def drop_rare(text: str, rarity: Callable[[str], float], drop: float, rng: np.ra
 
 
 def pseudo_queries(kb: KnowledgeBase, cfg: TuneConfig) -> tuple[list[str], np.ndarray]:
-    """(queries, global row of the positive chunk) for every live chunk of the KB, `per_chunk` each.
+    """(queries, global row of the positive chunk) for every live chunk of the KB, `per_chunk` sentences each.
     Global rows count segments in manifest order; rarity is the word's BM25 idf in this KB."""
     rng = np.random.default_rng(cfg.seed)
     n_rows = sum(s.n for s in kb.segments)
@@ -135,10 +135,11 @@ def pseudo_queries(kb: KnowledgeBase, cfg: TuneConfig) -> tuple[list[str], np.nd
             if not seg.live[c["row"]]:
                 continue
             sents = sentences(c["text"]) or [c["text"].strip()]
-            picks = rng.permutation(len(sents))[: cfg.per_chunk]
-            for i in picks:
-                q = drop_rare(sents[i], rarity, cfg.drop, rng) if cfg.drop > 0 else sents[i]
-                if q.strip():
+            for i in rng.permutation(len(sents))[: cfg.per_chunk]:
+                # The whole sentence and, when drop > 0, a copy without its rarest words: measured on
+                # the dev set, the mix beat either kind alone (whole only: hit@5 0.41, dropped only: 0.35-0.41).
+                forms = [sents[i]] + ([drop_rare(sents[i], rarity, cfg.drop, rng)] if cfg.drop > 0 else [])
+                for q in dict.fromkeys(f for f in forms if f.strip()):
                     queries.append(q)
                     rows.append(base + c["row"])
         base += seg.n
