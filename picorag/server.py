@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .answer import Answer, ask
 from .generate import Generator, load_generator
 from .ingest import SUFFIXES, suffix_of
-from .kb import KnowledgeBase
+from .kb import KnowledgeBase, write_refused
 from .prompt import document
 from .records import PicoragError
 from .strategies import STRATEGIES
@@ -215,6 +215,8 @@ def create_app(kb_path: str | Path, api_key: str | None = None, generator: Gener
                 e = e.exceptions[0]
             if isinstance(e, PicoragError):
                 return error(413 if isinstance(e, BodyTooLarge) else 400, str(e))
+            if reason := write_refused(e):  # staging an upload in the KB's folder on a full or read-only disk
+                return error(507, f"could not write to the knowledge base ({reason}); it is unchanged")
             return error(500, f"internal error: {type(e).__name__}")
 
     def body_of(raw: bytes) -> dict[str, Any]:
