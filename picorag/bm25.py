@@ -234,8 +234,11 @@ def _gather(ix: Postings, weights: np.ndarray, query: dict[str, float]) -> tuple
 
 
 def _select(cand: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of ascending rows `cand`; rows tied at the k-th score are taken lowest first."""
     if len(cand) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        above = np.flatnonzero(scores > kth)  # argpartition alone would pick arbitrary rows among ties
+        part = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
         cand, scores = cand[part], scores[part]
     order = np.lexsort((cand, -scores))  # score descending, ties by row for determinism
     return cand[order], scores[order]
@@ -270,7 +273,25 @@ def top_k(ix: Postings, weights: np.ndarray, query: dict[str, float], k: int,
 def top_k_many(ix: Postings, weights: np.ndarray, queries: Sequence[dict[str, float]], k: int,
                allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """top_k for many queries at once: a block of queries is scored into one (queries x rows)
-    matrix with a single bincount, and top-k runs row-wise. Same results as calling top_k."""
+    matrix with a single bincount, and top-k runs row-wise. Same results as calling top_k.
+    A query whose posting lists are short next to the row count (top_k's sparse case) is scored
+    alone: on a large segment a dense row of scores per query costs more than it saves."""
+    sizes = [sum(int(ix.indptr[i + 1] - ix.indptr[i]) for t in q if (i := ix.term_id.get(t)) is not None)
+             for q in queries]
+    alone = [j for j, m in enumerate(sizes) if m * 8 < ix.n_docs]
+    if not alone:
+        return _top_k_block(ix, weights, queries, k, allowed)
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.float64))] * len(queries)
+    for j in alone:
+        out[j] = top_k(ix, weights, queries[j], k, allowed)
+    rest = [j for j, m in enumerate(sizes) if m * 8 >= ix.n_docs]
+    for j, r in zip(rest, _top_k_block(ix, weights, [queries[j] for j in rest], k, allowed), strict=True):
+        out[j] = r
+    return out
+
+
+def _top_k_block(ix: Postings, weights: np.ndarray, queries: Sequence[dict[str, float]], k: int,
+                 allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     n = ix.n_docs
     block = max(1, min(64, 4_000_000 // max(n, 1)))  # keep the score matrix near 32 MB
     out: list[tuple[np.ndarray, np.ndarray]] = []
@@ -292,6 +313,14 @@ def top_k_many(ix: Postings, weights: np.ndarray, queries: Sequence[dict[str, fl
         kk = min(k, n)
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
         top = np.take_along_axis(scores, part, axis=1)
+        kth = top.min(axis=1)
+        spill = np.flatnonzero((kth > 0) & ((scores == kth[:, None]).sum(axis=1) > (top == kth[:, None]).sum(axis=1)))
+        for j in spill:  # more rows tie at the k-th score than fit: take the lowest rows, as top_k does
+            cand = np.flatnonzero(scores[j] > 0)
+            rows, _ = _select(cand, scores[j][cand], kk)
+            pad = np.setdiff1d(np.arange(n), rows, assume_unique=True)[: kk - len(rows)]  # zero scores
+            part[j] = np.concatenate([rows, pad])
+            top[j] = scores[j][part[j]]
         order = np.lexsort((part, -top), axis=1)  # per query: score descending, ties by row
         part, top = np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
         found = (top > 0).sum(axis=1)  # matched rows sort first: all scores are > 0

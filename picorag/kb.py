@@ -30,16 +30,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .analyze import Analyzer
-from .bm25 import BM25Params, merge
+from .bm25 import BM25Params
 from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE
 from .encoders import Encoder, auto_encoder_name, embed, load_encoder
 from .ingest import ID_ROOT, read_paths
 from .integrity import DAMAGE, check_manifest, check_segment, verify_segment
-from .records import Chunk, Hit, PicoragError
-from .segment import Segment, fsync_dir, write_segment
+from .records import Hit, PicoragError
+from .segment import Segment, fsync_dir
 from .shard import (
     DEFAULT_BATCH,
     STAGING,
@@ -53,6 +51,7 @@ from .shard import (
     input_signature,
     merge_segment,
     prepare,
+    write_live_shard,
 )
 from .shard import run as run_shards
 from .vectors import KINDS, make_index
@@ -432,29 +431,25 @@ class KnowledgeBase:
                 return {"segments_before": 1, "segments_after": 1, "chunks": self.segments[0].n}
             for seg in self.segments:  # a rewrite reads everything: check it all first (as Lucene does on merge)
                 verify_segment(seg, self.path)
-            chunks: list[Chunk] = []
-            hashes: dict[str, str] = {}
-            vectors = None
-            if self.manifest.get("dense"):
-                parts = [np.asarray(s.vectors.vectors)[s.live] for s in self.segments]
-                vectors = make_index(np.concatenate(parts), self.manifest["dense"])
-            for seg in self.segments:
-                for c in seg.store.iter_chunks():
-                    if seg.live[c["row"]]:
-                        chunks.append(Chunk(c["id"], c["doc_id"], c["text"], c["index_prefix"], c["meta"]))
-                hashes.update({d: h for d, h, _, _ in seg.store.doc_rows()})
-            hashes = {d: hashes[d] for d in dict.fromkeys(c.doc_id for c in chunks)}
-            postings = merge([(s.postings, s.live) for s in self.segments])
-            manifest = json.loads(json.dumps(self.manifest))
-            manifest["generation"] += 1
-            name = f"seg-{manifest['next_segment']:06d}"
-            manifest["next_segment"] += 1
-            weights = postings.weights(self.params, postings.total_len / max(postings.n_docs, 1))
-            manifest["segments"] = [write_segment(str(self.path / "segments"), name, chunks, hashes,
-                                                  postings, weights, vectors)]
+            # each segment's live rows become a shard; the shards merge on disk as a build's do
+            staging = Staging(self.path / ADD_STAGING, {}, False, lambda m: None)
+            try:
+                n = 0
+                for i, seg in enumerate(self.segments, 1):
+                    if seg.live.any():
+                        n += write_live_shard(seg, staging.shard_dir(i))
+                        staging.shards.append(staging.shard_dir(i))
+                manifest = json.loads(json.dumps(self.manifest))
+                manifest["generation"] += 1
+                name = f"seg-{manifest['next_segment']:06d}"
+                manifest["next_segment"] += 1
+                manifest["segments"] = [merge_segment(self.path / "segments", name, staging.shards, self.params,
+                                                      manifest.get("dense"))]
+            finally:
+                staging.remove()
             self._commit(self.path, manifest)
             self._reload()
-        return {"segments_before": before, "segments_after": 1, "chunks": len(chunks)}
+        return {"segments_before": before, "segments_after": 1, "chunks": n}
 
     # -- reading ---------------------------------------------------------------------------------
 

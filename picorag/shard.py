@@ -302,6 +302,77 @@ def run(staging: Staging, sources: Iterable[str | Path], settings: Settings, bat
         bar.close()
 
 
+def write_live_shard(seg: Any, directory: Path, block: int = 1 << 23) -> int:
+    """Write a segment's live rows as a shard (what `compact` merges): chunks streamed from SQLite,
+    postings filtered `block` at a time into mapped arrays, vectors copied a block of rows at a time.
+    Returns the number of rows written."""
+    from numpy.lib.format import open_memmap
+
+    tmp = directory.parent / f".tmp-{directory.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    live = np.asarray(seg.live)
+    hashes = {d: h for d, h, _, _ in seg.store.doc_rows()}
+    write_store(str(tmp / "chunks.sqlite"), (Chunk(c["id"], c["doc_id"], c["text"], c["index_prefix"], c["meta"])
+                                             for c in seg.store.iter_chunks() if live[c["row"]]), hashes)
+    docs = np.asarray(seg.doc_of_row)[live]
+    nums = np.concatenate([[0], np.cumsum(docs[1:] != docs[:-1])]) if len(docs) else np.zeros(0)
+    np.save(tmp / "docs.npy", nums.astype(np.int32))
+    np.save(tmp / "chunkno.npy", np.load(Path(seg.directory) / "chunkno.npy", mmap_mode="r")[live].astype(np.int32))
+    ix = seg.postings
+    new_row = (np.cumsum(live) - 1).astype(np.int32)
+    nnz = len(ix.rows)
+    kept = sum(int(live[ix.rows[a : a + block]].sum()) for a in range(0, nnz, block))
+    out_rows = open_memmap(tmp / "bm25.rows.npy", "w+", np.int32, (kept,)) if kept else np.zeros(0, np.int32)
+    out_tf = open_memmap(tmp / "bm25.tf.npy", "w+", np.uint16, (kept,)) if kept else np.zeros(0, np.uint16)
+    indptr = np.asarray(ix.indptr)
+    new_indptr = np.zeros(len(indptr), np.int64)
+    done = 0
+    for a in range(0, nnz, block):  # postings stay term-major with rows ascending: filtering keeps both
+        rows = ix.rows[a : a + block]
+        keep = live[rows]
+        cum = np.concatenate([[0], np.cumsum(keep)])
+        inside = (indptr >= a) & (indptr < a + len(rows))
+        new_indptr[inside] = done + cum[indptr[inside] - a]
+        n = int(cum[-1])
+        out_rows[done : done + n] = new_row[rows[keep]]
+        out_tf[done : done + n] = ix.tf[a : a + block][keep]
+        done += n
+    new_indptr[indptr >= nnz] = done
+    used = np.diff(new_indptr) > 0  # terms left without postings are dropped, as a fresh build has none
+    for name, arr in (("rows", out_rows), ("tf", out_tf)):
+        if isinstance(arr, np.memmap):
+            arr.flush()
+        else:
+            np.save(tmp / f"bm25.{name}.npy", arr)
+    del out_rows, out_tf
+    np.save(tmp / "bm25.indptr.npy", np.concatenate([[0], np.cumsum(np.diff(new_indptr)[used])]).astype(np.int64))
+    doclen = np.asarray(ix.doclen)[live]
+    np.save(tmp / "bm25.doclen.npy", doclen)
+    with open(tmp / "bm25.terms.json", "w", encoding="utf-8") as f:
+        json.dump([t for t, u in zip(ix.terms, used.tolist(), strict=True) if u], f, ensure_ascii=False)
+    n_live = int(live.sum())
+    if seg.vectors is not None:
+        vec = seg.vectors.vectors
+        out = open_memmap(tmp / "vectors.f16.npy", "w+", np.float16, (n_live, vec.shape[1])) if n_live else None
+        at = 0
+        for a in range(0, len(live), 65_536):
+            part = np.asarray(vec[a : a + 65_536])[live[a : a + 65_536]]
+            if out is not None:
+                out[at : at + len(part)] = part
+            at += len(part)
+        if out is None:
+            np.save(tmp / "vectors.f16.npy", np.zeros((0, vec.shape[1]), np.float16))
+        else:
+            out.flush()
+            del out
+    meta = {"records_end": 0, "chunks": n_live, "docs": int(nums[-1]) + 1 if len(nums) else 0,
+            "total_len": int(doclen.sum())}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    publish(str(tmp), str(directory))
+    return n_live
+
+
 def merge_segment(seg_root: Path, name: str, shards: list[Path], bm25: BM25Params, dense: dict[str, Any] | None,
                   base_n: int = 0, base_len: int = 0, seed: int = 0) -> dict[str, Any]:
     """Merge finished shards into the segment `seg_root/name` (temp dir + rename); its manifest entry.
@@ -318,8 +389,8 @@ def merge_segment(seg_root: Path, name: str, shards: list[Path], bm25: BM25Param
         docs.append(np.load(d / "docs.npy") + np.int32(doc_off))
         nos.append(np.load(d / "chunkno.npy"))
         doc_off += m["docs"]
-    np.save(tmp / "docs.npy", np.concatenate(docs).astype(np.int32))
-    np.save(tmp / "chunkno.npy", np.concatenate(nos).astype(np.int32))
+    np.save(tmp / "docs.npy", np.concatenate(docs or [np.zeros(0, np.int32)]).astype(np.int32))
+    np.save(tmp / "chunkno.npy", np.concatenate(nos or [np.zeros(0, np.int32)]).astype(np.int32))
     del docs, nos
     n, total_len = write_merged(str(tmp), [str(d) for d in shards], bm25, base_n, base_len)
     params = None

@@ -268,3 +268,56 @@ def test_cli_add_in_batches(src, tmp_path, capsys):
     assert "batch size must be at least 1" in capsys.readouterr().err
     assert KnowledgeBase.open(kb).info()["chunks"] == KnowledgeBase.build(tmp_path / "b", [src], chunk_size=64,
                                                                           overlap=8).info()["chunks"]
+
+
+def test_compact_streams_live_rows_into_one_segment(tmp_path, monkeypatch):
+    import picorag.kb
+
+    monkeypatch.setattr(picorag.kb, "load_encoder", lambda name: FakeEncoder())  # `add` embeds with the KB's model
+    src = corpus(tmp_path / "c.jsonl", 1200, long_every=0)
+    lines = src.read_text().splitlines(keepends=True)
+    parts = []
+    for i in range(3):
+        p = tmp_path / f"p{i}" / "c.jsonl"  # the same path relative to each root: same ids, same hashes
+        p.parent.mkdir()
+        p.write_text("".join(lines[i * 400 : (i + 1) * 400]))
+        parts.append(p)
+    kb = KnowledgeBase.build(tmp_path / "kb", [parts[0]], dense="fake", index="ivfflat", encoder=FakeEncoder(),
+                             nlist=8)
+    for p in parts[1:]:
+        kb.add([p])
+    gone = [f"d{i}" for i in range(0, 1200, 7)]
+    kb.delete(doc_ids=gone)
+    kb.delete(chunk_ids=["d1-0", "d801-0"])
+    assert kb.compact() == {"segments_before": 3, "segments_after": 1, "chunks": 1200 - len(gone) - 2}
+    keep = tmp_path / "keep.jsonl"
+    keep.write_text("".join(line for i, line in enumerate(lines) if i % 7 and i not in (1, 801)))
+    fresh = KnowledgeBase.build(tmp_path / "fresh", [keep], dense="fake", index="ivfflat", encoder=FakeEncoder(),
+                                nlist=8)
+    for q in ("w1 w2", "w10 river", "w3"):
+        assert [(h.id, h.score) for h in kb.search(q, k=10, mode="bm25")] == \
+            [(h.id, h.score) for h in fresh.search(q, k=10, mode="bm25")]
+    a, b = kb.segments[0], fresh.segments[0]
+    assert np.array_equal(np.asarray(a.vectors.vectors), np.asarray(b.vectors.vectors))
+    assert a.vectors.params == b.vectors.params and a.vectors.index.ntotal == len(b.vectors.vectors)
+    assert [c["id"] for c in a.store.iter_chunks()] == [c["id"] for c in b.store.iter_chunks()]
+    assert not (tmp_path / "kb" / ".add").exists()
+
+
+def test_batched_bm25_mixes_sparse_and_dense_queries():
+    from picorag.bm25 import query_weights, top_k, top_k_many
+
+    rng = np.random.default_rng(3)
+    docs = [["common"] + [f"t{x}" for x in rng.zipf(1.4, 20)] for _ in range(2000)]
+    ix = Postings.from_tokens(docs)
+    params = BM25Params()
+    w = ix.weights(params, ix.total_len / ix.n_docs)
+    qs = [["common", "t1"], ["t40"], ["t2", "t3"], ["t77", "t5"], ["nothing"]]
+    qws = [query_weights(q, {t: ix.df(t) for t in q}, ix.n_docs, params) for q in qs]
+    sizes = [sum(ix.df(t) for t in q) for q in qs]
+    assert min(sizes) * 8 < ix.n_docs <= max(sizes) * 8  # both paths are taken
+    for mask in (None, np.arange(ix.n_docs) % 4 != 0):
+        for (r1, s1), qw in zip(top_k_many(ix, w, qws, 10, mask), qws, strict=True):
+            r2, s2 = top_k(ix, w, qw, 10, mask)
+            assert r1.tolist() == r2.tolist()
+            np.testing.assert_allclose(s1, s2, rtol=1e-6)
