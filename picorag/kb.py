@@ -137,6 +137,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise PicoragError(f"{path} is not a readable picorag knowledge base (manifest.json: {e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PicoragError(f"{path} is not a picorag knowledge base (manifest.json has no '{FORMAT}' format)")
+    if not isinstance(manifest.get("version", 0), int):  # compared before check_manifest runs
+        raise PicoragError(f"knowledge base at {path} is damaged (manifest.json: 'version' is not a number)")
     if manifest.get("version", 0) > FORMAT_VERSION:
         raise PicoragError(f"{path} was written by a newer picorag (KB format {manifest['version']}; this "
                            f"version reads up to {FORMAT_VERSION}) — upgrade picorag")

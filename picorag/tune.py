@@ -136,8 +136,9 @@ def pseudo_queries(kb: KnowledgeBase, cfg: TuneConfig) -> tuple[list[str], np.nd
                 continue
             sents = sentences(c["text"]) or [c["text"].strip()]
             for i in rng.permutation(len(sents))[: cfg.per_chunk]:
-                # The whole sentence and, when drop > 0, a copy without its rarest words: measured on
-                # the dev set, the mix beat either kind alone (whole only: hit@5 0.41, dropped only: 0.35-0.41).
+                # The whole sentence and, when drop > 0, a copy without its rarest words: on the dev set
+                # the mix beat either kind alone (dense hit@5 0.43-0.44 vs 0.41-0.43 whole, 0.32-0.41
+                # dropped; docs/TUNE.md).
                 forms = [sents[i]] + ([drop_rare(sents[i], rarity, cfg.drop, rng)] if cfg.drop > 0 else [])
                 for q in dict.fromkeys(f for f in forms if f.strip()):
                     queries.append(q)
@@ -303,15 +304,20 @@ def read_tuned(path: Path, dense: dict[str, Any] | None) -> Tuned | None:
     """The KB's adapter, or None when it has none. One that does not fit the KB's encoder (rebuilt
     with another model) is ignored with a warning on stderr rather than applied."""
     f = Path(path) / TUNED
-    if not f.is_file():
-        return None
-    try:
-        meta = json.loads(f.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
-            raise ValueError(f"not a {FORMAT} v{VERSION} file")
-        w = np.load(Path(path) / meta["file"], allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PicoragError(f"{f} is damaged ({e}); re-run: picorag tune {path}") from None
+    for attempt in range(3):
+        if not f.is_file():
+            return None
+        try:
+            meta = json.loads(f.read_text(encoding="utf-8"))
+            if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
+                raise ValueError(f"not a {FORMAT} v{VERSION} file")
+            w = np.load(Path(path) / meta["file"], allow_pickle=False)
+            break
+        except FileNotFoundError:
+            if attempt == 2:  # a tune committed and removed the old W between our two reads: retry
+                raise PicoragError(f"{f} names a missing file; re-run: picorag tune {path}") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise PicoragError(f"{f} is damaged ({e}); re-run: picorag tune {path}") from None
     if not dense or meta.get("model") != dense.get("model") or w.shape != (dense["dim"], dense["dim"]):
         import sys
 
@@ -330,14 +336,16 @@ def tuned_of(kb: KnowledgeBase) -> Tuned | None:
 
 def remove_tuned(path: Path) -> bool:
     """Drop the adapter (search goes back to the plain encoder). True when there was one."""
+    from .kb import write_lock
     from .segment import fsync_dir
 
     f = Path(path) / TUNED
-    had = f.is_file()
-    f.unlink(missing_ok=True)
-    fsync_dir(str(path))
-    for old in Path(path).glob("tuned-*.npy"):
-        old.unlink(missing_ok=True)
+    with write_lock(Path(path)):
+        had = f.is_file()
+        f.unlink(missing_ok=True)
+        fsync_dir(str(path))
+        for old in Path(path).glob("tuned-*.npy"):
+            old.unlink(missing_ok=True)
     return had
 
 
