@@ -116,7 +116,7 @@ def curves(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         summary = fit(model, data, cfg, LAB / f"curve-{name}", tok, {"stage": "curve"}, d, progress=True)
         rows = (LAB / f"curve-{name}" / "log.csv").read_text().splitlines()[1:]
-        results[name] = {"pattern": pattern, "params": summary["params"], "seconds": time.perf_counter() - t0,
+        results[name] = {"pattern": PATTERNS4[name], "params": summary["params"], "seconds": time.perf_counter() - t0,
                          "loss": [float(r.split(",")[1]) for r in rows],
                          "val": [(int(r.split(",")[0]), float(r.split(",")[2])) for r in rows if r.split(",")[2]]}
         print(name, summary["params"], summary["loss"], summary["val_loss"], flush=True)
