@@ -29,8 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from common import (
+from common import limit_threads
+
+limit_threads(1)  # before numpy is imported anywhere: one BLAS/OpenMP thread, so CPU time is per core
+
+import numpy as np  # noqa: E402
+from common import (  # noqa: E402
     DATA,
     IMG,
     OUT,
@@ -183,6 +187,17 @@ def query_vectors(qs: list[str]) -> np.ndarray:
     return np.load(f)
 
 
+def timed_loop(fn, items) -> dict:
+    """Call fn on each item; wall latency stats plus CPU ms per call (robust on a busy machine)."""
+    lat = []
+    c0 = time.process_time()
+    for it in items:
+        t = time.perf_counter()
+        fn(it)
+        lat.append(time.perf_counter() - t)
+    return latency_stats(lat) | {"cpu_ms": (time.process_time() - c0) * 1e3 / max(len(lat), 1)}
+
+
 def exact_top10(vectors: np.ndarray, qv: np.ndarray) -> np.ndarray:
     """Exact top-10 rows of every query: one matrix product per block of rows (the ground truth)."""
     best_s = np.full((len(qv), 0), -np.inf, np.float32)
@@ -209,12 +224,7 @@ def child_query(size: str, kind: str) -> dict:
     open_s = time.perf_counter() - t0
     out = {"size": size, "kind": kind, "open_s": open_s, "rss_open_mb": rss_mb() - rss0}
     for fetch in (False, True):
-        lat = []
-        for q in qs:
-            t = time.perf_counter()
-            kb.search(q, k=10, mode="bm25", fetch=fetch)
-            lat.append(time.perf_counter() - t)
-        out[f"bm25_fetch_{fetch}"] = latency_stats(lat)
+        out[f"bm25_fetch_{fetch}"] = timed_loop(lambda q, f=fetch: kb.search(q, k=10, mode="bm25", fetch=f), qs)
     if kind != "bm25":
         seg = kb.segments[0]
         truth = exact_top10(seg.vectors.vectors, qv)
@@ -228,18 +238,9 @@ def child_query(size: str, kind: str) -> dict:
         out["dense_no_encoder"] = latency_stats(lat)
         out["recall_at_10"] = float(np.mean(recall))
         out["nprobe"] = seg.vectors.params.get("nprobe")
-        lat = []
-        for q in qs[:50]:
-            t = time.perf_counter()
-            kb.search(q, k=10, mode="dense")
-            lat.append(time.perf_counter() - t)
-        out["dense_with_encoder"] = latency_stats(lat)
-        exact_lat = []
-        for v in qv[:10]:
-            t = time.perf_counter()
-            seg.vectors._exact(v, 10, None)
-            exact_lat.append(time.perf_counter() - t)
-        out["dense_exact_numpy"] = latency_stats(exact_lat)
+        out["dense_cpu_ms"] = timed_loop(lambda v: seg.vectors.search(v, 10), qv)["cpu_ms"]
+        out["dense_with_encoder"] = timed_loop(lambda q: kb.search(q, k=10, mode="dense"), qs[:50])
+        out["dense_exact_numpy"] = timed_loop(lambda v: seg.vectors._exact(v, 10, None), qv[:10])
     out["rss_after_queries_mb"] = rss_mb()
     out["loadavg"] = loadavg()
     return out
@@ -262,13 +263,10 @@ def child_bm25s() -> dict:
     model.retrieve(bm25s.tokenize(qs, stopwords="en", stemmer=stemmer, show_progress=False), k=10,
                    show_progress=False, n_threads=1)
     batch_qps = len(qs) / (time.perf_counter() - t0)
-    lat = []
-    for q in qs:
-        t = time.perf_counter()
-        model.retrieve(bm25s.tokenize([q], stopwords="en", stemmer=stemmer, show_progress=False), k=10,
-                       show_progress=False, n_threads=1)
-        lat.append(time.perf_counter() - t)
-    return {"index_s": index_s, "index_cpu_s": index_cpu, "batch_qps": batch_qps, "query": latency_stats(lat),
+    lat = timed_loop(lambda q: model.retrieve(bm25s.tokenize([q], stopwords="en", stemmer=stemmer,
+                                                             show_progress=False), k=10, show_progress=False,
+                                              n_threads=1), qs)
+    return {"index_s": index_s, "index_cpu_s": index_cpu, "batch_qps": batch_qps, "query": lat,
             "peak_rss_mb": peak_rss_mb(), "loadavg": loadavg()}
 
 
@@ -281,12 +279,7 @@ def child_picorag_bm25() -> dict:
     t0 = time.perf_counter()
     kb.search_many(qs, k=10, mode="bm25", fetch=False)
     out["batch_qps"] = len(qs) / (time.perf_counter() - t0)
-    lat = []
-    for q in qs:
-        t = time.perf_counter()
-        kb.search(q, k=10, mode="bm25", fetch=False)
-        lat.append(time.perf_counter() - t)
-    out["query"] = latency_stats(lat)
+    out["query"] = timed_loop(lambda q: kb.search(q, k=10, mode="bm25", fetch=False), qs)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -297,6 +290,7 @@ def child_faiss_flat() -> dict:
 
     from picorag import KnowledgeBase
 
+    faiss.omp_set_num_threads(1)
     kb = KnowledgeBase.open(kb_path("100k"))
     vecs = np.asarray(kb.segments[0].vectors.vectors, np.float32)
     index = faiss.IndexFlatIP(vecs.shape[1])
@@ -305,22 +299,14 @@ def child_faiss_flat() -> dict:
     t0 = time.perf_counter()
     _, truth = index.search(qv, 10)
     batch_qps = len(qv) / (time.perf_counter() - t0)
-    lat = []
-    for v in qv:
-        t = time.perf_counter()
-        index.search(v[None], 10)
-        lat.append(time.perf_counter() - t)
-    out = {"faiss_flat": {"batch_qps": batch_qps, "query": latency_stats(lat), "recall_at_10": 1.0}}
+    out = {"faiss_flat": {"batch_qps": batch_qps, "query": timed_loop(lambda v: index.search(v[None], 10), qv),
+                          "recall_at_10": 1.0}}
     ix = kb.segments[0].vectors
     for name, fn in (("picorag_flat", lambda v: ix._exact(v, 10, None)[0]),
                      ("picorag_ivfpq", lambda v: ix.search(v, 10)[0])):
-        lat, rec = [], []
-        for v, t_ids in zip(qv, truth, strict=True):
-            t = time.perf_counter()
-            rows = fn(v)
-            lat.append(time.perf_counter() - t)
-            rec.append(len(set(rows.tolist()) & set(t_ids.tolist())) / 10)
-        out[name] = {"qps": len(lat) / sum(lat), "query": latency_stats(lat), "recall_at_10": float(np.mean(rec))}
+        rec = [len(set(fn(v).tolist()) & set(t_ids.tolist())) / 10 for v, t_ids in zip(qv, truth, strict=True)]
+        q = timed_loop(fn, qv)
+        out[name] = {"qps": 1e3 / q["mean_ms"], "query": q, "recall_at_10": float(np.mean(rec))}
     out["loadavg"] = loadavg()
     return out
 
