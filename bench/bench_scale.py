@@ -363,35 +363,43 @@ def collect() -> dict:
 def report() -> None:
     r = collect()
     sizes = [s for s in SIZES if f"build-{s}" in r]
-    rows = []
+    rows, qrows = [], []
     for s in sizes:
         b, q = r[f"build-{s}"], r.get(f"query-{s}", {})
         rows.append([s, b["chunks"], b["wall_s"], b["cpu_s"], b["chunks_per_cpu_s"], b["peak_rss_mb"], b["disk_mb"],
-                     q.get("open_s"), q.get("bm25_fetch_False", {}).get("p50_ms"),
-                     q.get("bm25_fetch_True", {}).get("p50_ms"), q.get("dense_no_encoder", {}).get("p50_ms"),
-                     q.get("dense_with_encoder", {}).get("p50_ms"), q.get("recall_at_10"), q.get("nprobe")])
-    text = ["### Build and query vs corpus size (BM25 + IVF-PQ, derived vectors)", "",
+                     q.get("open_s"), q.get("rss_open_mb")])
+        g = q.get
+        qrows.append([s, g("bm25_fetch_False", {}).get("p50_ms"), g("bm25_fetch_False", {}).get("cpu_ms"),
+                      g("bm25_fetch_True", {}).get("p50_ms"), g("dense_no_encoder", {}).get("p50_ms"),
+                      g("dense_cpu_ms"), g("dense_with_encoder", {}).get("p50_ms"),
+                      g("dense_with_encoder", {}).get("cpu_ms"), g("recall_at_10"), g("nprobe")])
+    text = ["### Build vs corpus size (BM25 + IVF-PQ, embedding replaced by the derived-vector lookup)", "",
             md_table(["passages", "chunks", "build s", "build CPU s", "chunks/CPU-s", "peak RSS MB", "disk MB",
-                      "open s", "BM25 p50 ms (ids)", "BM25 p50 ms (text)", "dense p50 ms (no encoder)",
-                      "dense p50 ms (with MiniLM)", "IVF-PQ recall@10", "nprobe"], rows), ""]
+                      "open s", "RSS of open MB"], rows), "",
+            "### Queries (k = 10, 200 queries; dense with MiniLM: 50)", "",
+            md_table(["passages", "BM25 p50 ms (ids)", "BM25 CPU ms", "BM25 p50 ms (with text)",
+                      "dense p50 ms (no encoder)", "dense CPU ms (no encoder)", "dense p50 ms (with MiniLM)",
+                      "dense CPU ms (with MiniLM)", "IVF-PQ recall@10 vs exact", "nprobe"], qrows), ""]
     if "bm25s" in r:
         p, s = r["picorag-bm25"], r["bm25s"]
         text += ["### 100k passages: picorag BM25 vs bm25s (one run, same queries)", "",
-                 md_table(["", "index s", "index CPU s", "batch q/s", "query p50 ms", "peak RSS MB"],
+                 md_table(["", "index s", "index CPU s", "batch q/s", "query p50 ms", "query CPU ms", "peak RSS MB"],
                           [["picorag (build incl. chunking, SQLite store)", p["wall_s"], p["cpu_s"], p["batch_qps"],
-                            p["query"]["p50_ms"], p["peak_rss_mb"]],
+                            p["query"]["p50_ms"], p["query"].get("cpu_ms"), p["peak_rss_mb"]],
                            ["bm25s 0.3.16 (tokenize + index, in memory)", s["index_s"], s["index_cpu_s"],
-                            s["batch_qps"], s["query"]["p50_ms"], s["peak_rss_mb"]]]), ""]
+                            s["batch_qps"], s["query"]["p50_ms"], s["query"].get("cpu_ms"), s["peak_rss_mb"]]]), ""]
     if "faiss-flat" in r:
         d = r["faiss-flat"]
         text += ["### 100k passages: picorag dense vs plain FAISS flat", "",
-                 md_table(["", "q/s (one query at a time)", "p50 ms", "recall@10 vs exact"],
+                 md_table(["", "q/s (one query at a time)", "p50 ms", "CPU ms a query", "recall@10 vs exact"],
                           [["FAISS IndexFlatIP (float32, in RAM)", 1e3 / d["faiss_flat"]["query"]["mean_ms"],
-                            d["faiss_flat"]["query"]["p50_ms"], 1.0],
+                            d["faiss_flat"]["query"]["p50_ms"], d["faiss_flat"]["query"].get("cpu_ms"), 1.0],
                            ["picorag flat (float16 memory-mapped, numpy)", d["picorag_flat"]["qps"],
-                            d["picorag_flat"]["query"]["p50_ms"], d["picorag_flat"]["recall_at_10"]],
+                            d["picorag_flat"]["query"]["p50_ms"], d["picorag_flat"]["query"].get("cpu_ms"),
+                            d["picorag_flat"]["recall_at_10"]],
                            ["picorag IVF-PQ (+ exact re-score)", d["picorag_ivfpq"]["qps"],
-                            d["picorag_ivfpq"]["query"]["p50_ms"], d["picorag_ivfpq"]["recall_at_10"]]]), ""]
+                            d["picorag_ivfpq"]["query"]["p50_ms"], d["picorag_ivfpq"]["query"].get("cpu_ms"),
+                            d["picorag_ivfpq"]["recall_at_10"]]]), ""]
     m = r["machine"]
     loads = {k: v["loadavg"] for k, v in r.items() if isinstance(v, dict) and "loadavg" in v}
     text += [f"Machine: {m['nproc']} cores ({m['model']}), shared with other jobs; 1/5/15-min load average at the "
