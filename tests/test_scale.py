@@ -321,3 +321,13 @@ def test_batched_bm25_mixes_sparse_and_dense_queries():
             r2, s2 = top_k(ix, w, qw, 10, mask)
             assert r1.tolist() == r2.tolist()
             np.testing.assert_allclose(s1, s2, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+def test_ray_build_with_minilm_vectors_equals_single_process(tmp_path):
+    src = corpus(tmp_path / "c.jsonl", 40, long_every=0)
+    one = KnowledgeBase.build(tmp_path / "one", [src], dense="minilm", batch_size=10)
+    dist = KnowledgeBase.build(tmp_path / "ray", [src], dense="minilm", batch_size=10, ray="local")
+    assert_same(snapshot(tmp_path / "one"), snapshot(tmp_path / "ray"))
+    assert [h.id for h in one.search("w3 w8", k=5)] == [h.id for h in dist.search("w3 w8", k=5)]
