@@ -111,13 +111,14 @@ def main() -> None:
     for name, fn in methods.items():
         subset = rows[:n_local] if "local" in name else rows
         per = {"dev": [], "test": []}
-        t0, hops_used, stops = time.perf_counter(), [], {}
+        t0, hops_used, stops, named = time.perf_counter(), [], {}, []
         for r in tqdm(subset, desc=name, leave=False, disable=None):
             hits, msg = fn(r["question"])
             ids = [h.id for h in hits]
             per[r["split"]].append((r["gold"][0] in ids, r["gold"][1] in ids, len(ids)))
             if msg.get("multi_hop"):
                 hops_used.append(len(msg["hops"]))
+                named.append(any(r["bridge"] in h["query"] for h in msg["hops"][1:]))  # a later query names TB
                 stops[msg["stop"]] = stops.get(msg["stop"], 0) + 1
                 if name.startswith("multi-hop bridge, 2 hops x 5") and len(result["examples"]) < 5:
                     result["examples"].append({"question": r["question"], "bridge": r["bridge"], "gold": r["gold"],
@@ -133,6 +134,7 @@ def main() -> None:
         stat["ms_per_question"] = (time.perf_counter() - t0) * 1000 / len(subset)
         if hops_used:
             stat["mean_hops"] = sum(hops_used) / len(hops_used)
+            stat["bridge_named"] = sum(named) / len(named)
             stat["stops"] = stops
         result["methods"][name] = stat
     result.update({"cpu_seconds": time.process_time() - c0, "load_start": load0, "load_end": loadavg(),
@@ -144,9 +146,11 @@ def main() -> None:
             if split in s:
                 x = s[split]
                 table.append([name, split, x["n"], f"{x['a']:.3f}", f"{x['b']:.3f}", f"{x['both']:.3f}",
-                              f"{x['passages']:.1f}", f"{s.get('mean_hops', 1):.2f}", f"{s['ms_per_question']:.0f}"])
+                              f"{x['passages']:.1f}", f"{s.get('mean_hops', 1):.2f}",
+                              f"{s['bridge_named']:.2f}" if "bridge_named" in s else "–",
+                              f"{s['ms_per_question']:.0f}"])
     md = md_table(["method", "split", "n", "A found", "B found", "both found", "passages returned", "mean hops",
-                   "ms/question"], table)
+                   "a query names TB (all splits)", "ms/question"], table)
     md += (f"\n\nCPU {result['cpu_seconds']:.1f} s in all; load average {load0} at the start, {result['load_end']} "
            f"at the end ({result['cpu'].get('nproc')} cores, shared).\n")
     write_text(OUT / "multihop.md", md)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .integrity import load_array
 from .records import PicoragError
 
 METHODS = ("lucene", "robertson")
@@ -120,7 +121,7 @@ class Postings:
     def load(cls, directory: str, weights: bool = True) -> tuple[Postings, np.ndarray | None]:
         def arr(name: str) -> np.ndarray:
             # a plain ndarray view of the mapped file: slicing an np.memmap runs Python-level hooks
-            return np.asarray(np.load(os.path.join(directory, f"bm25.{name}.npy"), mmap_mode="r"))
+            return np.asarray(load_array(os.path.join(directory, f"bm25.{name}.npy"), mmap_mode="r"))
 
         with open(os.path.join(directory, "bm25.terms.json"), encoding="utf-8") as f:
             terms = json.load(f)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .bm25 import Postings
+from .integrity import load_array
 from .records import Chunk
 from .store import Store, write_store
 from .vectors import VectorIndex
@@ -92,7 +93,7 @@ class Segment:
         kept in memory for segments up to IDS_IN_MEMORY documents, else from SQLite by doc number
         (docs.rowid = doc number + 1), so a large segment never loads all its ids."""
         if self._chunk_no is None:
-            self._chunk_no = np.asarray(np.load(os.path.join(self.directory, "chunkno.npy"), mmap_mode="r"))
+            self._chunk_no = np.asarray(load_array(os.path.join(self.directory, "chunkno.npy"), mmap_mode="r"))
         nums = self.doc_of_row[rows].tolist()
         if self._doc_ids is None and (self.n == 0 or int(self.doc_of_row[-1]) < IDS_IN_MEMORY):
             self._doc_ids = [d for d, _, _, _ in self.store.doc_rows()]
@@ -108,13 +109,13 @@ class Segment:
         postings, weights = Postings.load(d)
         live = np.ones(entry["chunks"], dtype=bool)
         if entry.get("deleted"):
-            live[np.load(os.path.join(d, entry["deleted"]))] = False
+            live[load_array(os.path.join(d, entry["deleted"]))] = False
         vectors = VectorIndex.load(d, entry["dense"]) if entry.get("dense") else None
         store = Store(os.path.join(d, "chunks.sqlite"))
-        doc_of_row = np.asarray(np.load(os.path.join(d, "docs.npy"), mmap_mode="r"))
+        doc_of_row = np.asarray(load_array(os.path.join(d, "docs.npy"), mmap_mode="r"))
         seg = cls(entry["name"], d, store, postings, weights, live, doc_of_row, vectors)
         # mapped now, not on first use: a commit may remove this directory while a reader still holds it
-        seg._chunk_no = np.asarray(np.load(os.path.join(d, "chunkno.npy"), mmap_mode="r"))
+        seg._chunk_no = np.asarray(load_array(os.path.join(d, "chunkno.npy"), mmap_mode="r"))
         return seg
 
     @property

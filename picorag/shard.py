@@ -44,6 +44,7 @@ from .bm25 import BM25Params, Postings, write_merged
 from .chunk import chunk_record
 from .encoders import Encoder, embed, load_encoder
 from .ingest import list_files, read_paths
+from .integrity import load_array
 from .records import Chunk, PicoragError, Record
 from .segment import fsync_dir, publish
 from .store import merge_stores, write_store
@@ -318,7 +319,7 @@ def write_live_shard(seg: Any, directory: Path, block: int = 1 << 23) -> int:
     docs = np.asarray(seg.doc_of_row)[live]
     nums = np.concatenate([[0], np.cumsum(docs[1:] != docs[:-1])]) if len(docs) else np.zeros(0)
     np.save(tmp / "docs.npy", nums.astype(np.int32))
-    np.save(tmp / "chunkno.npy", np.load(Path(seg.directory) / "chunkno.npy", mmap_mode="r")[live].astype(np.int32))
+    np.save(tmp / "chunkno.npy", load_array(Path(seg.directory) / "chunkno.npy", mmap_mode="r")[live].astype(np.int32))
     ix = seg.postings
     new_row = (np.cumsum(live) - 1).astype(np.int32)
     nnz = len(ix.rows)
@@ -386,8 +387,8 @@ def merge_segment(seg_root: Path, name: str, shards: list[Path], bm25: BM25Param
     metas = [json.loads((d / "meta.json").read_text()) for d in shards]
     docs, nos, doc_off = [], [], 0
     for d, m in zip(shards, metas, strict=True):
-        docs.append(np.load(d / "docs.npy") + np.int32(doc_off))
-        nos.append(np.load(d / "chunkno.npy"))
+        docs.append(load_array(d / "docs.npy") + np.int32(doc_off))
+        nos.append(load_array(d / "chunkno.npy"))
         doc_off += m["docs"]
     np.save(tmp / "docs.npy", np.concatenate(docs or [np.zeros(0, np.int32)]).astype(np.int32))
     np.save(tmp / "chunkno.npy", np.concatenate(nos or [np.zeros(0, np.int32)]).astype(np.int32))
@@ -399,7 +400,7 @@ def merge_segment(seg_root: Path, name: str, shards: list[Path], bm25: BM25Param
             np.zeros((0, dense["dim"]), np.float16)
         off = 0
         for d in shards:
-            part = np.load(d / "vectors.f16.npy", mmap_mode="r")
+            part = load_array(d / "vectors.f16.npy", mmap_mode="r")
             vec[off : off + len(part)] = part
             off += len(part)
         if isinstance(vec, np.memmap):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .integrity import load_array
 from .records import PicoragError
 
 if TYPE_CHECKING:
@@ -311,7 +312,7 @@ def read_tuned(path: Path, dense: dict[str, Any] | None) -> Tuned | None:
             meta = json.loads(f.read_text(encoding="utf-8"))
             if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION:
                 raise ValueError(f"not a {FORMAT} v{VERSION} file")
-            w = np.load(Path(path) / meta["file"], allow_pickle=False)
+            w = load_array(Path(path) / meta["file"], allow_pickle=False)
             break
         except FileNotFoundError:
             if attempt == 2:  # a tune committed and removed the old W between our two reads: retry

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .integrity import load_array
 from .records import PicoragError
 
 KINDS = ("flat", "hnsw", "ivfpq", "ivfflat")
@@ -104,7 +105,7 @@ class VectorIndex:
 
     @classmethod
     def load(cls, directory: str, params: dict[str, Any]) -> VectorIndex:
-        vectors = np.load(os.path.join(directory, "vectors.f16.npy"), mmap_mode="r")
+        vectors = load_array(os.path.join(directory, "vectors.f16.npy"), mmap_mode="r")
         path = os.path.join(directory, "vectors.faiss")
         faiss = _faiss() if os.path.exists(path) else None
         # IVF lists stay in the file (mapped, paged in as probed): opening a big KB costs no RAM for them
