@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
+import threading
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,17 @@ TOMBSTONE_NAME = re.compile(r"del-\d{1,12}\.npy")
 # (numpy parses an .npy header with tokenize and ast: a damaged header raises TokenError or SyntaxError)
 DAMAGE = (sqlite3.DatabaseError, EOFError, ValueError, IndexError, TypeError, KeyError, AttributeError,
           OverflowError, UnicodeDecodeError, tokenize.TokenError, SyntaxError)
+
+
+_NPY_HEADER = threading.Lock()
+
+
+def load_array(path: str | Path, mmap_mode: str | None = None, allow_pickle: bool = False) -> np.ndarray:
+    """np.load, one thread at a time: numpy parses the header with ast.literal_eval, and CPython 3.11's
+    AST builder is not safe in two threads at once ("SystemError: AST constructor recursion depth
+    mismatch", seen when the server reopened a KB while a write in another thread reloaded it)."""
+    with _NPY_HEADER:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=allow_pickle)
 
 
 def damaged(path: str | Path, what: str) -> PicoragError:

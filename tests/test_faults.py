@@ -362,3 +362,46 @@ def test_api_key_is_compared_in_constant_time(kb, monkeypatch):
         assert c.post("/search", json={"query": "cats"},
                       headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
     assert len(calls) == 6 and all(b == b"s3cret-key" for _, b in calls)
+
+
+def test_arrays_load_safely_from_many_threads(tmp_path):
+    """The server opens KBs in several threads. numpy parses .npy headers with ast.literal_eval, which
+    CPython 3.11 breaks when the GC runs Python code mid-parse and another thread parses too
+    ("SystemError: AST constructor recursion depth mismatch": 1-3 in 12,000 plain np.load calls here,
+    and a 500 in bench_load.py). integrity.load_array parses one header at a time."""
+    import gc
+    import threading
+
+    import numpy as np
+
+    from picorag.integrity import load_array
+
+    class Junk:
+        def __del__(self):  # Python code that the GC runs in whichever thread it interrupts
+            sum(range(50))
+
+    np.save(tmp_path / "a.npy", np.arange(10))
+    errors: list[str] = []
+
+    def work() -> None:
+        for _ in range(1500):
+            a, b = Junk(), Junk()
+            a.b, b.a = b, a  # a cycle: only the GC frees it
+            try:
+                load_array(tmp_path / "a.npy", mmap_mode="r")
+            except SystemError as e:
+                errors.append(str(e))
+
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    gc.set_threshold(5)
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        gc.set_threshold(*threshold)
+        sys.setswitchinterval(interval)
+    assert errors == []
