@@ -162,14 +162,18 @@ def child_build(size: str, kind: str) -> dict:
     enc = DerivedEncoder() if kind != "bm25" else None
     rss0 = rss_mb()
     c0, t0 = time.process_time(), time.perf_counter()
+    staged = kb_path(size, kind) / ".build"
+    resumed = len(list(staged.glob("shard-*/meta.json"))) if staged.is_dir() else 0
     kb = KnowledgeBase.build(kb_path(size, kind), [DIR / f"wiki-{size}.jsonl"], batch_size=10_000,
-                             dense="minilm" if enc else None, index=kind if enc else "flat", encoder=enc)
+                             dense="minilm" if enc else None, index=kind if enc else "flat", encoder=enc,
+                             resume=True)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     info = kb.info()
     return {"size": size, "kind": kind, "chunks": info["chunks"], "wall_s": wall, "cpu_s": cpu,
             "chunks_per_s": info["chunks"] / wall, "chunks_per_cpu_s": info["chunks"] / cpu,
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "disk_mb": info["size_bytes"] / 2**20,
-            "dense": info["dense"], "segment_dense": kb.manifest["segments"][0]["dense"], "loadavg": loadavg()}
+            "dense": info["dense"], "segment_dense": kb.manifest["segments"][0]["dense"], "loadavg": loadavg(),
+            "resumed_after_shards": resumed}
 
 
 def queries() -> list[str]:
