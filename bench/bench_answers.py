@@ -178,19 +178,25 @@ def main() -> None:
         result["local_load_s"] = gens["local"].load_s
     result["strategies"] = strategy_eval(kbs, gens, arg("--sub", 15) if n_local else 0)
     result.update({"cpu_seconds": time.process_time() - c0, "load_end": loadavg(), "peak_rss_mb": peak_rss_mb()})
+    result["local_runtime"] = gens["local"].runtime if n_local else None
     write_json(OUT / "answers.json", result)
+    report(result)
 
-    f = result["faithfulness"]
+
+def report(result: dict) -> None:
+    """answers.md from answers.json (`--report` redoes it without measuring again)."""
+    load0, f = result["load_start"], result["faithfulness"]
+    ms = {g: {key: x["latency_ms"][key] for key in ("retrieval_s", "first_token_s", "total_s")} for g, x in f.items()}
     md = md_table(["generator", "questions", "faithful (cites gold)", "gold retrieved @5", "no citation",
                    "retrieval p50 ms", "first token p50 / p95 ms", "total p50 / p95 ms"],
                   [[g, x["n"], f"{x['faithful']:.2f}", f"{x['retrieved']:.2f}", f"{x['no_citation']:.2f}",
-                    f"{x['latency_ms']['retrieval_s']['p50']:.0f}",
-                    f"{x['latency_ms']['first_token_s']['p50']:.0f} / {x['latency_ms']['first_token_s']['p95']:.0f}",
-                    f"{x['latency_ms']['total_s']['p50']:.0f} / {x['latency_ms']['total_s']['p95']:.0f}"]
+                    f"{ms[g]['retrieval_s']['p50_ms']:.0f}",
+                    f"{ms[g]['first_token_s']['p50_ms']:.0f} / {ms[g]['first_token_s']['p95_ms']:.0f}",
+                    f"{ms[g]['total_s']['p50_ms']:.0f} / {ms[g]['total_s']['p95_ms']:.0f}"]
                    for g, x in f.items()])
     if "local" in f:
         x = f["local"]
-        md += (f"\n\nlocal ({gens['local'].runtime}): decoding {x['decode_tok_s']:.1f} tokens/s wall "
+        md += (f"\n\nlocal ({result.get('local_runtime', 'local')}): decoding {x['decode_tok_s']:.1f} tokens/s wall "
                f"({x['decode_tok_s_cpu']:.1f} per CPU second), prompt {x['prompt_tok_s']:.0f} tokens/s; "
                f"{x['mean_prompt_tokens']:.0f} prompt and {x['mean_answer_tokens']:.0f} answer tokens on average; "
                f"model load {result['local_load_s']:.1f} s.\n")
@@ -206,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    report(json.loads((OUT / "answers.json").read_text(encoding="utf-8"))) if "--report" in sys.argv else main()
