@@ -107,7 +107,7 @@ def curves(args: argparse.Namespace) -> None:
     d = init_distributed(args.device)
     data = TokenData(ids, 128, 8, seed=0)
     results = {}
-    for name, pattern in PATTERNS.items():
+    for name in PATTERNS4:
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=2048, sequence_len=128, n_layer=4, n_head=4, n_embd=96,
                               block_pattern=PATTERNS4[name], chunk_size=32))
