@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_load.py                         # 10,000 requests, 32 in flight
     .venv/bin/python bench/bench_load.py --requests 2000 --name load-small
+    .venv/bin/python bench/bench_load.py --add-share 0 --name load-readonly   # memory without writes
 
 `picorag serve` runs in a subprocess (bench_server.start_server) over a fresh KB built from the
 bundled corpora (examples/law + examples/wiki: 286 documents). 32 kept-alive connections send a
@@ -49,17 +50,17 @@ def post(path: str, body: dict) -> bytes:
             % (path.encode(), len(data), data))
 
 
-def plan(n: int, seed: int) -> list[tuple[str, bytes]]:
-    """The seeded request mix: (kind, raw HTTP request)."""
+def plan(n: int, seed: int, add_share: float = 0.01) -> list[tuple[str, bytes]]:
+    """The seeded request mix: (kind, raw HTTP request); asks are 19% whatever the add share."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         q = rng.choice(QUERIES)
         x = rng.random()
-        if x < 0.01:
+        if x < add_share:
             doc = {"id": f"load-{i % 20}", "title": f"Load {i}", "content": f"Load test document {i}: {q} " * 5}
             out.append(("add", post("/documents", {"documents": [doc]})))
-        elif x < 0.20:
+        elif x < add_share + 0.19:
             out.append(("ask", post("/ask", {"question": q, "k": 3})))
         else:
             out.append(("search", post("/search", {"query": q, "k": 5, "mode": "bm25"})))
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
         la0, cpu0 = loadavg(), proc_cpu_s(proc.pid)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        r = asyncio.run(load(url, plan(args.requests, args.seed), args.concurrency, done))
+        r = asyncio.run(load(url, plan(args.requests, args.seed, args.add_share), args.concurrency, done))
         stop.set()
         sampler.join()
         cpu, peak = proc_cpu_s(proc.pid) - cpu0, proc_peak_rss_mb(proc.pid)
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> dict:
     per_kind = {k: {"n": len(v), "p50_ms": percentile([s * 1e3 for s in v], 50),
                     "p99_ms": percentile([s * 1e3 for s in v], 99)} for k, v in r["latencies"].items()}
     after_warm = [s for s in samples if s[1] >= args.requests * 0.1]
-    return {"requests": len(all_ms), "concurrency": args.concurrency, "errors": len(r["errors"]),
+    return {"requests": len(all_ms), "concurrency": args.concurrency, "add_share": args.add_share,
+            "errors": len(r["errors"]),
             "error_examples": r["errors"][:5], "wall_s": r["wall_s"], "rps": len(all_ms) / r["wall_s"],
             "p50_ms": percentile(all_ms, 50), "p99_ms": percentile(all_ms, 99), "per_kind": per_kind,
             "server_peak_rss_mb": peak, "server_cpu_ms_per_req": cpu * 1e3 / len(all_ms),
@@ -171,8 +173,9 @@ def plot(res: dict, path: Path) -> None:
     ax.set_xlabel("requests completed")
     ax.set_ylabel("server RSS (MB)", color="tab:blue")
     ax.set_ylim(0, max(x[2] for x in s) * 1.2)
-    ax.set_title(f"picorag serve: {res['requests']:,} requests (80% search, 19% ask, 1% add), "
-                 f"concurrency {res['concurrency']}, {res['errors']} errors", fontsize=9)
+    adds = res.get("add_share", 0.01)
+    ax.set_title(f"picorag serve: {res['requests']:,} requests ({1 - adds - 0.19:.0%} search, 19% ask, "
+                 f"{adds:.0%} add), concurrency {res['concurrency']}, {res['errors']} errors", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -183,6 +186,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--add-share", type=float, default=0.01, help="share of POST /documents (default 0.01)")
     ap.add_argument("--name", default="load")
     args = ap.parse_args()
     res = run(args)
