@@ -505,7 +505,13 @@ def _dense_config(dense: str | None, index: str, sample: list[str]) -> dict[str,
 
 
 def _dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes under `path`; 0 for what a newer commit removed meanwhile (an old snapshot's segments)."""
+    total = 0
+    for root, _, files in os.walk(path):  # os.walk skips directories that vanish mid-walk
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(root, f)).st_size
+    return total
 
 
 def _collect_garbage(path: Path, manifest: dict[str, Any]) -> None:

@@ -292,6 +292,19 @@ def test_two_writer_processes_take_turns_and_readers_see_whole_commits(kb):
     assert snapshots > 3
 
 
+def test_an_old_snapshot_still_answers_after_its_files_are_gone(kb, tmp_path):
+    """A reader keeps searching (and reporting) the snapshot it opened after a compaction removed
+    that snapshot's segment directory: mapped arrays and open SQLite files outlive the unlink."""
+    old = KnowledgeBase.open(kb.path)
+    writer = KnowledgeBase.open(kb.path)
+    writer.add([write_jsonl(tmp_path / "one.jsonl", [{"id": "owl", "content": "Owls and cats."}])])
+    writer.compact()
+    assert not (kb.path / "segments" / old.manifest["segments"][0]["name"]).exists()
+    assert old.info()["docs"] == len(DOCS) and old.info()["size_bytes"] == 0
+    assert [h.id for h in old.search("cats", k=10)] == [h.id for h in old.search("cats", k=10, fetch=False)]
+    assert "owl-0" not in [h.id for h in old.search("cats", k=10)]
+
+
 def test_a_writer_that_cannot_get_the_lock_fails_clearly(kb, tmp_path):
     """Another process holds the lock: a write with a short timeout names the cause, nothing changes."""
     from picorag.kb import write_lock
