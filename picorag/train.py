@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,6 @@ class TrainConfig:
     eval_batches: int = 4
     save_every: int = 0  # 0: only at the end
     device: str = "auto"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
