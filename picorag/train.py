@@ -143,6 +143,8 @@ def fit(model: GPT, data: TokenData | ChatData, cfg: TrainConfig, out: str | Pat
         progress: bool = True) -> dict[str, Any]:
     """Train `model` from `start_step` to `cfg.steps`; returns the summary also stored in config.json."""
     out = Path(out)
+    if cfg.batch_size % d.world:
+        raise PicoragError(f"--batch-size {cfg.batch_size} must be a multiple of the {d.world} processes")
     model.to(d.device).train()
     opt = model.optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume_from is not None:
