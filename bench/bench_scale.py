@@ -358,6 +358,10 @@ def collect() -> dict:
         f = DIR / f"result-{stage}.json"
         if f.exists():
             r[stage] = json.loads(f.read_text())
+    for s in SIZES:
+        f = DIR / f"result-{s}-sharding-phase.json"
+        if f.exists():
+            r[f"sharding-{s}"] = json.loads(f.read_text())
     log = DIR / "embed_log.jsonl"
     if log.exists():
         pieces = [json.loads(line) for line in log.read_text().splitlines()]
@@ -367,12 +371,26 @@ def collect() -> dict:
     return r
 
 
+def build_of(r: dict, size: str) -> dict:
+    """A build's figures; a build killed after sharding and resumed adds both runs up."""
+    b = dict(r[f"build-{size}"])
+    if b.get("resumed_after_shards") and f"sharding-{size}" in r:
+        first = r[f"sharding-{size}"]
+        b["wall_s"] += first["wall_s"]
+        b["cpu_s"] += first["cpu_s"]
+        b["chunks_per_cpu_s"] = b["chunks"] / b["cpu_s"]
+        b["peak_rss_mb"] = max(b["peak_rss_mb"], first["peak_rss_mb"])
+    return b
+
+
 def report() -> None:
     r = collect()
     sizes = [s for s in SIZES if f"build-{s}" in r]
     rows, qrows = [], []
     for s in sizes:
-        b, q = r[f"build-{s}"], r.get(f"query-{s}", {})
+        b, q = build_of(r, s), r.get(f"query-{s}", {})
+        if b.get("resumed_after_shards"):
+            s = f"{s} (2 runs: sharding, SIGKILL, --resume merge)"
         rows.append([s, b["chunks"], b["wall_s"], b["cpu_s"], b["chunks_per_cpu_s"], b["peak_rss_mb"], b["disk_mb"],
                      q.get("open_s"), q.get("rss_open_mb")])
         g = q.get
@@ -416,14 +434,14 @@ def report() -> None:
     if len(sizes) >= 2:
         plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        n = [r[f"build-{s}"]["chunks"] for s in sizes]
-        axes[0].loglog(n, [r[f"build-{s}"]["cpu_s"] for s in sizes], "o-", label="CPU s")
-        axes[0].loglog(n, [r[f"build-{s}"]["wall_s"] for s in sizes], "s--", label="wall s")
-        axes[0].loglog(n, [n[0] and r[f"build-{sizes[0]}"]["cpu_s"] * x / n[0] for x in n], ":", c="gray",
-                       label="linear")
+        bs = [build_of(r, s) for s in sizes]
+        n = [b["chunks"] for b in bs]
+        axes[0].loglog(n, [b["cpu_s"] for b in bs], "o-", label="CPU s")
+        axes[0].loglog(n, [b["wall_s"] for b in bs], "s--", label="wall s (machine load 11-29)")
+        axes[0].loglog(n, [bs[-1]["cpu_s"] * x / n[-1] for x in n], ":", c="gray", label="linear")
         axes[0].set(xlabel="chunks", ylabel="seconds", title="build time (BM25 + IVF-PQ)")
         axes[0].legend()
-        axes[1].semilogx(n, [r[f"build-{s}"]["peak_rss_mb"] for s in sizes], "o-")
+        axes[1].semilogx(n, [b["peak_rss_mb"] for b in bs], "o-")
         axes[1].axhline(4096, ls=":", c="red")
         axes[1].set(xlabel="chunks", ylabel="MB", title="peak RSS during build (target < 4 GB)", ylim=(0, 4500))
         fig.tight_layout()
