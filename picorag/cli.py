@@ -326,7 +326,7 @@ def answer_args(sp: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """picorag train pretrain | prepare-dataset | rag-finetune (the model lab, docs/LAB.md)."""
+    """picorag train pretrain | prepare-dataset | rag-finetune | refrag-finetune (the model lab, docs/LAB.md)."""
     from . import train
 
     if args.stage == "prepare-dataset":
@@ -337,6 +337,15 @@ def cmd_train(args: argparse.Namespace) -> None:
                             seed=args.seed, warn=_warn)
         _emit(args, r, "wrote {output}: {train_conversations} training and {test_conversations} test "
                        "conversations, knowledge base {knowledge_base} ({chunks} chunks)".format(**r))
+        return
+    if args.stage == "refrag-finetune":
+        from .refrag import refrag_finetune
+
+        r = refrag_finetune(args.kb, args.queries, args.init, args.out, steps=args.steps, batch_size=args.batch_size,
+                            lr=args.lr, max_hops=args.max_hops, top_k_per_hop=args.top_k_per_hop,
+                            hop_cost=args.hop_cost, seed=args.seed, progress=not args.json)
+        _emit(args, r, "refrag-finetune: {step} steps, mean reward {reward_first_10} (first 10) -> "
+                       "{reward_last_10} (last 10); saved {out}".format(**r, out=args.out))
         return
     cfg = train.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                             seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
@@ -356,7 +365,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def train_parser(sub: Any) -> None:
-    tp = sub.add_parser("train", help="the model lab: pretrain, prepare-dataset, rag-finetune (docs/LAB.md)")
+    tp = sub.add_parser("train", help="the model lab: pretrain, prepare-dataset, rag-finetune, refrag-finetune")
     stages = tp.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     def stage(name: str, help: str) -> argparse.ArgumentParser:
@@ -403,6 +412,18 @@ def train_parser(sub: Any) -> None:
     sp.add_argument("--data", required=True, metavar="JSONL", help="conversations, as prepare-dataset writes")
     sp.add_argument("--init", metavar="DIR", help="the pretrained checkpoint to start from")
     loop_args(sp, 300, 1e-3)
+
+    sp = stage("refrag-finetune", "multi-hop episodes: the model writes the next query; REINFORCE with a baseline")
+    sp.add_argument("--kb", required=True, metavar="KB", help="the knowledge base the episodes search")
+    sp.add_argument("--queries", required=True, metavar="JSONL", help='{"question", "doc_id", "evidence"} lines')
+    sp.add_argument("--init", required=True, metavar="DIR", help="the checkpoint to start from")
+    sp.add_argument("--out", required=True, metavar="DIR")
+    sp.add_argument("--steps", type=int, default=100)
+    sp.add_argument("--batch-size", type=int, default=4, help="episodes per step (default 4)")
+    sp.add_argument("--lr", type=float, default=1e-4)
+    sp.add_argument("--max-hops", type=int, default=3, help="retrieval rounds per episode (default 3)")
+    sp.add_argument("--top-k-per-hop", type=int, default=2, help="passages per round (default 2)")
+    sp.add_argument("--hop-cost", type=float, default=0.1, help="reward lost per extra hop (default 0.1)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -300,6 +300,16 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def read_jsonl_objects(path: str | Path) -> list[dict[str, Any]]:
+    """Every JSON object line of a file (one-line errors naming the line)."""
+    from .ingest import json_object
+
+    if not Path(path).is_file():
+        raise PicoragError(f"no such file: {path}")
+    with open(path, encoding="utf-8") as f:
+        return [json_object(line, f"{path}:{n}") for n, line in enumerate(f, 1) if line.strip()]
+
+
 def read_conversations(path: str | Path) -> list[list[Message]]:
     """The "messages" of every line of a conversations JSONL (as prepare-dataset writes)."""
     from .ingest import json_object

@@ -258,3 +258,73 @@ def test_pretraining_text_from_a_kb_skips_deleted_chunks(tmp_path, example):
     assert len(texts) == 9 and not any("cannot be exchanged for cash" in t for t in texts)
     with pytest.raises(PicoragError, match="no text"):
         read_texts([])
+
+
+def test_refrag_reward_shape():
+    from picorag.refrag import reward
+
+    assert reward(1) == 1.0 and reward(1) > reward(2) > reward(3) > reward(None) == 0.0
+    assert reward(2, hop_cost=0.3) == pytest.approx(0.7) and reward(50) == 0.0  # never below "not found"
+
+
+class _Writer:
+    """A stand-in model that always writes the same query (to steer an episode)."""
+
+    def __init__(self, model, tok, text):
+        self.config, self.ids = model.config, tok.encode(text) + [tok.special_tokens["<|assistant_end|>"]]
+
+    def generate(self, ids, n, **kw):
+        yield from self.ids[:n]
+
+
+def test_refrag_episodes_run_several_hops(example, pretrained):
+    from picorag.kb import KnowledgeBase
+    from picorag.refrag import run_episode
+
+    model, tok, _ = load_checkpoint(pretrained)
+    with KnowledgeBase.open(example / "knowledge_base") as kb:
+        # hop 1 finds the warranty passages; the query the model writes finds the gold one at hop 2
+        q = {"question": "How long is the laptop warranty?", "doc_id": "store_002"}
+        ep = run_episode(_Writer(model, tok, "gift cards cash"), tok, kb, q, max_hops=3, top_k_per_hop=2)
+        assert [h["query"] for h in ep.hops] == ["How long is the laptop warranty?", "gift cards cash"]
+        assert ep.found_at == 2 and ep.reward == pytest.approx(0.9) and len(ep.queries) == 1
+        assert "store_002" not in {d["id"].rsplit("-", 1)[0] for d in ep.hops[0]["documents"]}
+        # a gold passage that no query can find: all hops run, each with new passages, the real model writing
+        q = {"question": "Do gift cards expire?", "doc_id": "store_002", "evidence": "not in any passage"}
+        ep = run_episode(model, tok, kb, q, max_hops=3, top_k_per_hop=2, generator=torch.Generator().manual_seed(0))
+        assert len(ep.hops) == 3 and len(ep.queries) == 2 and ep.found_at is None and ep.reward == 0.0
+        ids = [d["id"] for h in ep.hops for d in h["documents"]]
+        assert len(ids) == len(set(ids)) >= 2  # never the same passage twice
+        special = min(tok.special_tokens.values())
+        for hop, written in zip(ep.hops[1:], ep.queries):  # each later hop searched what the model wrote
+            assert hop["query"] == (tok.decode([t for t in written if t < special]).strip() or q["question"])
+        # found at once: no query written
+        q = {"question": "Do gift cards expire?", "doc_id": "store_002"}
+        ep = run_episode(model, tok, kb, q, max_hops=3)
+        assert ep.found_at == 1 and ep.reward == 1.0 and ep.queries == []
+
+
+def test_reinforce_moves_queries_by_their_advantage(pretrained):
+    from picorag.refrag import Episode, query_log_prob, reinforce_loss
+
+    for reward_, sign in ((1.0, 1), (0.0, -1)):
+        model, tok, _ = load_checkpoint(pretrained)
+        prompt, query = tok.encode("第一条 问题"), tok.encode("宪法") + [tok.special_tokens["<|assistant_end|>"]]
+        ep = Episode("q", prompts=[prompt], queries=[query], reward=reward_)
+        before = query_log_prob(model, prompt, query).item()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        reinforce_loss(model, [ep], baseline=0.5).backward()
+        opt.step()
+        assert sign * (query_log_prob(model, prompt, query).item() - before) > 0
+
+
+def test_refrag_finetune_end_to_end(tmp_path, example, pretrained, capsys):
+    argv = ["train", "refrag-finetune", "--kb", str(example / "knowledge_base"), "--queries",
+            str(example / "queries_train.jsonl"), "--init", str(pretrained), "--out", str(tmp_path / "rf"),
+            "--steps", "2", "--batch-size", "2", "--max-hops", "2", "--json"]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["stage"] == "refrag-finetune" and summary["step"] == 2
+    assert len((tmp_path / "rf" / "refrag_log.jsonl").read_text().splitlines()) == 2
+    load_checkpoint(tmp_path / "rf")
+    assert main([*argv[:-3], "--max-hops", "1"]) == 1 and "at least 2" in capsys.readouterr().err
