@@ -389,9 +389,8 @@ def report() -> None:
     rows, qrows = [], []
     for s in sizes:
         b, q = build_of(r, s), r.get(f"query-{s}", {})
-        if b.get("resumed_after_shards"):
-            s = f"{s} (2 runs: sharding, SIGKILL, --resume merge)"
-        rows.append([s, b["chunks"], b["wall_s"], b["cpu_s"], b["chunks_per_cpu_s"], b["peak_rss_mb"], b["disk_mb"],
+        label = f"{s} (2 runs: sharding, SIGKILL, --resume merge)" if b.get("resumed_after_shards") else s
+        rows.append([label, b["chunks"], b["wall_s"], b["cpu_s"], b["chunks_per_cpu_s"], b["peak_rss_mb"], b["disk_mb"],
                      q.get("open_s"), q.get("rss_open_mb")])
         g = q.get
         qrows.append([s, g("bm25_fetch_False", {}).get("p50_ms"), g("bm25_fetch_False", {}).get("cpu_ms"),
