@@ -9,12 +9,12 @@
 
 The adapter is trained on pseudo-queries made from each KB's own chunks only (picorag/tune.py); no question
 of any set above is seen by training or by the choice of its settings' defaults, except the dev set, which
-chose the defaults. Pseudo-query vectors are cached under bench/out/tune/cache (embedding is the slow part).
+chose the defaults. Pseudo-query vectors are cached by text under bench/out/tune/cache (embedding is the
+slow part); "embed s" is the time they took when first embedded (at the load average then).
 Writes bench/out/tune.md, bench/out/tune.json and bench/out/tune.png.
 """
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -31,7 +31,7 @@ from common import cpu_info, git_commit, loadavg, md_table, pyplot, write_json, 
 
 from picorag.evaluate import evaluate  # noqa: E402
 from picorag.kb import KnowledgeBase  # noqa: E402
-from picorag.tune import TuneConfig, embed_queries, passage_matrix, pseudo_queries, save_tuned, train_adapter  # noqa: E402
+from picorag.tune import TuneConfig, embed_queries, passage_matrix, pseudo_queries, save_tuned, train_ensemble  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 WORK = OUT / "tune"
@@ -56,21 +56,10 @@ def tuned_kb(name: str, cfg: TuneConfig) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     queries, pos = pseudo_queries(kb, cfg)
     t_make = time.perf_counter() - t0
-    key = hashlib.sha256(json.dumps([queries, pos.tolist()], ensure_ascii=False).encode()).hexdigest()[:12]
-    cache = WORK / "cache" / f"{name}-{key}.npy"
-    t0 = time.perf_counter()
-    if cache.exists():
-        q = np.load(cache)
-        t_embed = json.loads(cache.with_suffix(".json").read_text())["seconds"]
-    else:
-        q = embed_queries(kb, queries)
-        t_embed = time.perf_counter() - t0
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, q)
-        cache.with_suffix(".json").write_text(json.dumps({"seconds": t_embed, "n": len(q)}))
+    q, t_embed = cached_embed(name, kb, queries)
     p, live = passage_matrix(kb)
     t0 = time.perf_counter()
-    w, rep = train_adapter(q, p, pos, live, cfg)
+    w, rep = train_ensemble(q, p, pos, live, cfg)
     t_train = time.perf_counter() - t0
     dense = kb.manifest["dense"]
     save_tuned(kb.path, w, {"method": "query-adapter", "model": dense["model"], "dim": dense["dim"],
@@ -79,6 +68,30 @@ def tuned_kb(name: str, cfg: TuneConfig) -> tuple[Path, dict]:
     examples = [queries[i] for i in range(0, len(queries), max(1, len(queries) // 5))][:5]
     return spec["copy"], {"pseudo_queries": len(q), "make_s": t_make, "embed_s": t_embed, "train_s": t_train,
                           **rep, "examples": examples}
+
+
+def cached_embed(name: str, kb: KnowledgeBase, queries: list[str]) -> tuple[np.ndarray, float]:
+    """Query vectors through a per-KB text -> vector cache; only texts not seen before are embedded.
+    Returns the vectors and the seconds embedding them took (when they were first embedded)."""
+    texts_f, vecs_f, log_f = (WORK / "cache" / f"{name}.{x}" for x in ("texts.json", "vecs.npy", "log.json"))
+    texts = json.loads(texts_f.read_text(encoding="utf-8")) if texts_f.exists() else []
+    vecs = np.load(vecs_f) if vecs_f.exists() else np.zeros((0, kb.manifest["dense"]["dim"]), np.float32)
+    log = json.loads(log_f.read_text()) if log_f.exists() else {"embedded": 0, "seconds": 0.0}
+    where = {t: i for i, t in enumerate(texts)}
+    missing = list(dict.fromkeys(t for t in queries if t not in where))
+    if missing:
+        t0 = time.perf_counter()
+        new = embed_queries(kb, missing)
+        log = {"embedded": log["embedded"] + len(missing), "seconds": log["seconds"] + time.perf_counter() - t0}
+        texts_f.parent.mkdir(parents=True, exist_ok=True)
+        texts += missing
+        vecs = np.concatenate([vecs, new])
+        texts_f.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+        np.save(vecs_f, vecs)
+        log_f.write_text(json.dumps(log))
+        where = {t: i for i, t in enumerate(texts)}
+    rate = log["seconds"] / max(log["embedded"], 1)  # seconds per query as measured when embedded
+    return vecs[[where[t] for t in queries]], rate * len(queries)
 
 
 def measure(kb_dir: Path, dataset: Path) -> dict[str, dict[str, dict]]:

@@ -130,8 +130,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
                      drop=args.drop, device=args.device)
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     r = tune(KnowledgeBase.open(args.kb), cfg, say=say)
-    _emit(args, r, f"tuned {args.kb}: {r['pseudo_queries']} pseudo-queries, {r['steps']} steps on {r['device']} "
-                   f"in {r['seconds']:.0f} s; held-out MRR@10 {_num(r['val_mrr10_before'])} -> "
+    _emit(args, r, f"tuned {args.kb}: {r['pseudo_queries']} pseudo-queries, {r['adapters']} adapters, "
+                   f"{r['steps']} steps on {r['device']} in {r['seconds']:.0f} s; "
+                   f"held-out MRR@10 {_num(r['val_mrr10_before'])} -> "
                    f"{_num(r['val_mrr10_after'])}" + (" (no step beat the plain encoder: kept it)" if r["identity"]
                                                    else "; search/ask/eval use it (--no-tuned to compare)"))
 
