@@ -111,7 +111,7 @@ def main() -> None:
     for name, fn in methods.items():
         subset = rows[:n_local] if "local" in name else rows
         per = {"dev": [], "test": []}
-        t0, hops_used, stops, named = time.perf_counter(), [], {}, []
+        t0, hops_used, stops, named, vias = time.perf_counter(), [], {}, [], {}
         for r in tqdm(subset, desc=name, leave=False, disable=None):
             hits, msg = fn(r["question"])
             ids = [h.id for h in hits]
@@ -119,6 +119,8 @@ def main() -> None:
             if msg.get("multi_hop"):
                 hops_used.append(len(msg["hops"]))
                 named.append(any(r["bridge"] in h["query"] for h in msg["hops"][1:]))  # a later query names TB
+                for h in msg["hops"][1:]:  # generator, or the bridge heuristic it fell back to
+                    vias[h["via"]] = vias.get(h["via"], 0) + 1
                 stops[msg["stop"]] = stops.get(msg["stop"], 0) + 1
                 if name.startswith("multi-hop bridge, 2 hops x 5") and len(result["examples"]) < 5:
                     result["examples"].append({"question": r["question"], "bridge": r["bridge"], "gold": r["gold"],
@@ -135,7 +137,7 @@ def main() -> None:
         if hops_used:
             stat["mean_hops"] = sum(hops_used) / len(hops_used)
             stat["bridge_named"] = sum(named) / len(named)
-            stat["stops"] = stops
+            stat["stops"], stat["later_queries_via"] = stops, vias
         result["methods"][name] = stat
     result.update({"cpu_seconds": time.process_time() - c0, "load_start": load0, "load_end": loadavg(),
                    "cpu": cpu_info()})
