@@ -33,7 +33,7 @@ from typing import Any
 from .analyze import Analyzer
 from .bm25 import BM25Params
 from .chunk import DEFAULT_OVERLAP, DEFAULT_SIZE
-from .encoders import Encoder, auto_encoder_name, embed, load_encoder
+from .encoders import Encoder, auto_encoder_name, load_encoder
 from .ingest import ID_ROOT, read_paths
 from .integrity import DAMAGE, check_manifest, check_segment, verify_segment
 from .records import Hit, PicoragError
@@ -47,6 +47,7 @@ from .shard import (
     batches,
     check_encoder,
     doc_hash,
+    embed_segment,
     index_chunks,
     input_signature,
     merge_segment,
@@ -54,7 +55,7 @@ from .shard import (
     write_live_shard,
 )
 from .shard import run as run_shards
-from .vectors import KINDS, make_index
+from .vectors import KINDS
 
 __all__ = ["KnowledgeBase", "check_encoder", "doc_hash", "read_manifest", "write_lock"]
 
@@ -376,9 +377,12 @@ class KnowledgeBase:
         manifest["generation"] += 1
         manifest["dense"] = _dense_config(dense, index, sample)
         encoder = check_encoder(load_encoder(manifest["dense"]["model"]), manifest["dense"])
-        for seg, entry in zip(self.segments, manifest["segments"], strict=True):
-            texts = [c["index_prefix"] + c["text"] for c in seg.store.iter_chunks()]
-            entry.update(seg.write_vectors(make_index(embed(encoder, texts), manifest["dense"])))
+        try:  # a segment at a time, its vectors streamed through a mapped file: memory stays bounded
+            for seg, entry in zip(self.segments, manifest["segments"], strict=True):
+                entry.update(seg.write_vectors(embed_segment(seg, encoder, manifest["dense"],
+                                                             self.path / ADD_STAGING)))
+        finally:
+            shutil.rmtree(self.path / ADD_STAGING, ignore_errors=True)
         self._commit(self.path, manifest)
         self._reload()
 

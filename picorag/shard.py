@@ -374,6 +374,28 @@ def write_live_shard(seg: Any, directory: Path, block: int = 1 << 23) -> int:
     return n_live
 
 
+def embed_segment(seg: Any, encoder: Encoder, dense: dict[str, Any], tmp: Path, batch: int | None = None,
+                  seed: int = 0) -> VectorIndex:
+    """Vectors for an existing segment (`add --dense`), embedded `batch` chunks at a time into a
+    float16 file under `tmp` (memory-mapped), then indexed as a build would."""
+    from numpy.lib.format import open_memmap
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    vec = open_memmap(tmp / f"{seg.name}.f16.npy", "w+", np.float16, (seg.n, dense["dim"])) if seg.n else \
+        np.zeros((0, dense["dim"]), np.float16)
+    at, texts, batch = 0, [], batch or DEFAULT_BATCH
+    for c in itertools.chain(seg.store.iter_chunks(), [None]):
+        if c is not None:
+            texts.append(c["index_prefix"] + c["text"])
+        if texts and (c is None or len(texts) >= batch):
+            vec[at : at + len(texts)] = embed(encoder, texts)
+            at, texts = at + len(texts), []
+    kind = dense.get("index", "flat") if seg.n >= dense.get("min_ann_rows", 1000) else "flat"
+    params = index_params(kind, seg.n, dense["dim"], dense.get("nlist"), nprobe=dense.get("nprobe"))
+    return VectorIndex(vec, build_faiss(vec, params, dense.get("train_sample") or default_train_sample(params, seg.n),
+                                        seed), params)
+
+
 def merge_segment(seg_root: Path, name: str, shards: list[Path], bm25: BM25Params, dense: dict[str, Any] | None,
                   base_n: int = 0, base_len: int = 0, seed: int = 0) -> dict[str, Any]:
     """Merge finished shards into the segment `seg_root/name` (temp dir + rename); its manifest entry.

@@ -331,3 +331,19 @@ def test_ray_build_with_minilm_vectors_equals_single_process(tmp_path):
     dist = KnowledgeBase.build(tmp_path / "ray", [src], dense="minilm", batch_size=10, ray="local")
     assert_same(snapshot(tmp_path / "one"), snapshot(tmp_path / "ray"))
     assert [h.id for h in one.search("w3 w8", k=5)] == [h.id for h in dist.search("w3 w8", k=5)]
+
+
+def test_add_dense_streams_vectors_into_existing_segments(tmp_path, monkeypatch):
+    import picorag.kb
+    import picorag.shard
+
+    monkeypatch.setattr(picorag.kb, "load_encoder", lambda name: FakeEncoder())
+    monkeypatch.setattr(picorag.shard, "DEFAULT_BATCH", 333)  # several embedding batches per segment
+    src = corpus(tmp_path / "c.jsonl", 1500, long_every=0)
+    kb = KnowledgeBase.build(tmp_path / "kb", [src])
+    kb.add(dense="fake", index="ivfflat")
+    dense = KnowledgeBase.build(tmp_path / "dense", [src], dense="fake", index="ivfflat", encoder=FakeEncoder())
+    a, b = kb.segments[0].vectors, dense.segments[0].vectors
+    assert np.array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
+    assert a.params == b.params and a.params["kind"] == "ivfflat" and a.index.ntotal == 1500
+    assert not (tmp_path / "kb" / ".add").exists()
