@@ -239,7 +239,9 @@ def test_ctrl_c_in_chat_stops_the_answer_not_the_session(kb):
         p.stdin.flush()
         seen = ""
         while "word" not in seen:  # the answer is streaming
-            seen += p.stdout.read(1)
+            ch = p.stdout.read(1)
+            assert ch, f"chat ended before answering: {seen!r} {p.stderr.read()!r}"
+            seen += ch
         p.send_signal(signal.SIGINT)
         out, err = p.communicate("quit\n", timeout=60)
     finally:
