@@ -11,9 +11,8 @@ import json
 import sys
 import time
 
-from common import DATA, OUT
-
 import numpy as np
+from common import DATA, OUT
 
 from picorag.chunk import chunk_record
 from picorag.encoders import embed, load_encoder
