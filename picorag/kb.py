@@ -261,11 +261,13 @@ class KnowledgeBase:
                         staging.set_dense(None if cfg is None else cfg | extra)
                     return Settings(chunk_size, overlap, analyzer_d, staging.dense())
 
+                earlier = len(staging.shards)
                 try:
                     run_shards(staging, sources, Settings(chunk_size, overlap, analyzer_d, staging.dense()),
                                batch_size, warn, mapper, settle, _bar, encoder)
                 except PicoragError:
-                    staging.remove()  # bad input: nothing worth resuming
+                    if not earlier:  # bad input or an unreachable Ray: keep only the work of earlier runs
+                        staging.remove()
                     raise
                 if not sum(m["chunks"] for m in staging.meta):
                     staging.remove()

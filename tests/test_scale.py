@@ -347,3 +347,35 @@ def test_add_dense_streams_vectors_into_existing_segments(tmp_path, monkeypatch)
     assert np.array_equal(np.asarray(a.vectors), np.asarray(b.vectors))
     assert a.params == b.params and a.params["kind"] == "ivfflat" and a.index.ntotal == 1500
     assert not (tmp_path / "kb" / ".add").exists()
+
+
+def test_a_failed_resume_keeps_the_finished_shards(src, tmp_path, monkeypatch):
+    import picorag.shard as shard
+
+    kb = tmp_path / "kb"
+    real_add = shard.Staging.add
+
+    def stop_after_3(self, data):
+        if len(self.shards) == 3:
+            raise KeyboardInterrupt  # as if killed: the staging area stays
+        return real_add(self, data)
+
+    monkeypatch.setattr(shard.Staging, "add", stop_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        KnowledgeBase.build(kb, [src], batch_size=50)
+    assert len(list((kb / ".build").glob("shard-*/meta.json"))) == 3
+    monkeypatch.setattr(shard.Staging, "add", real_add)
+
+    def broken(records, settings, encoder=None):
+        raise PicoragError("the encoder went away")
+
+    monkeypatch.setattr(shard, "process", broken)
+    with pytest.raises(PicoragError, match="went away"):
+        KnowledgeBase.build(kb, [src], batch_size=50, resume=True)
+    assert len(list((kb / ".build").glob("shard-*/meta.json"))) == 3  # earlier work kept for the next try
+    monkeypatch.undo()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(Path(src).read_text() + "{not json\n")
+    with pytest.raises(PicoragError, match="malformed JSON"):
+        KnowledgeBase.build(tmp_path / "other", [bad], batch_size=50)
+    assert not (tmp_path / "other").exists()  # a first build that failed on its input leaves nothing
