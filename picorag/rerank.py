@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoders import THREADS, _need
+from .encoders import _need, session_options
 from .records import PicoragError
 
 
@@ -31,11 +31,9 @@ class OnnxCrossEncoder:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = THREADS
-        opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path / "model.onnx"), session_options(),
+                                                providers=["CPUExecutionProvider"])
             self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         except Exception as e:  # onnxruntime/tokenizers raise their own exception types
             raise PicoragError(f"cannot load reranker at {path}: {e}") from None
