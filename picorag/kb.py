@@ -63,6 +63,10 @@ FORMAT = "picorag-kb"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ADD_STAGING = ".add"  # shards of an `add` in progress; removed by the next write if it died
+# merge policy: every add makes a segment, and a search and an open cost grow with their number; past
+# MAX_SEGMENTS the smallest MERGE_FACTOR are merged into one, so each chunk is rewritten O(log n) times
+MAX_SEGMENTS = 10
+MERGE_FACTOR = 10
 Warn = Callable[[str], None]
 Where = dict[str, str | list[str]]
 
@@ -362,6 +366,10 @@ class KnowledgeBase:
                 staging.remove()
                 self._commit(self.path, manifest)
                 self._reload()
+                if len(self.segments) > MAX_SEGMENTS:
+                    smallest = sorted(self.segments, key=lambda seg: int(seg.live.sum()))[:MERGE_FACTOR]
+                    stats["merged_segments"] = len(smallest)
+                    self._merge(smallest)
             finally:
                 ID_ROOT.reset(token)
                 staging.remove()
@@ -437,27 +445,37 @@ class KnowledgeBase:
             before = len(self.segments)
             if before == 1 and self.segments[0].live.all():
                 return {"segments_before": 1, "segments_after": 1, "chunks": self.segments[0].n}
-            for seg in self.segments:  # a rewrite reads everything: check it all first (as Lucene does on merge)
-                verify_segment(seg, self.path)
-            # each segment's live rows become a shard; the shards merge on disk as a build's do
-            staging = Staging(self.path / ADD_STAGING, {}, False, lambda m: None)
-            try:
-                n = 0
-                for i, seg in enumerate(self.segments, 1):
-                    if seg.live.any():
-                        n += write_live_shard(seg, staging.shard_dir(i))
-                        staging.shards.append(staging.shard_dir(i))
-                manifest = json.loads(json.dumps(self.manifest))
-                manifest["generation"] += 1
-                name = f"seg-{manifest['next_segment']:06d}"
-                manifest["next_segment"] += 1
-                manifest["segments"] = [merge_segment(self.path / "segments", name, staging.shards, self.params,
-                                                      manifest.get("dense"))]
-            finally:
-                staging.remove()
-            self._commit(self.path, manifest)
-            self._reload()
+            n = self._merge(self.segments)
         return {"segments_before": before, "segments_after": 1, "chunks": n}
+
+    def _merge(self, merging: list[Segment]) -> int:
+        """Replace `merging` (held under the write lock) by one segment of their live rows, committed;
+        BM25 weights use the length statistics of the whole KB. Returns the rows written."""
+        for seg in merging:  # a rewrite reads everything: check it all first (as Lucene does on merge)
+            verify_segment(seg, self.path)
+        names = {seg.name for seg in merging}
+        manifest = json.loads(json.dumps(self.manifest))
+        kept = [e for e in manifest["segments"] if e["name"] not in names]
+        # each segment's live rows become a shard; the shards merge on disk as a build's do
+        staging = Staging(self.path / ADD_STAGING, {}, False, lambda m: None)
+        try:
+            n = 0
+            for i, seg in enumerate(merging, 1):
+                if seg.live.any():
+                    n += write_live_shard(seg, staging.shard_dir(i))
+                    staging.shards.append(staging.shard_dir(i))
+            manifest["generation"] += 1
+            name = f"seg-{manifest['next_segment']:06d}"
+            manifest["next_segment"] += 1
+            base_n = sum(e["chunks"] for e in kept)
+            base_len = sum(e["total_len"] for e in kept)
+            manifest["segments"] = kept + [merge_segment(self.path / "segments", name, staging.shards, self.params,
+                                                         manifest.get("dense"), base_n, base_len)]
+        finally:
+            staging.remove()
+        self._commit(self.path, manifest)
+        self._reload()
+        return n
 
     # -- reading ---------------------------------------------------------------------------------
 

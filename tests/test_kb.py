@@ -107,6 +107,27 @@ def test_delete_and_compact(kb, tmp_path):
     assert sorted(os.listdir(kb.path / "segments")) == [info["segments"][0]["name"]]
 
 
+def test_many_adds_are_merged_into_few_segments(kb, tmp_path, monkeypatch):
+    monkeypatch.setattr(kbmod, "MAX_SEGMENTS", 3)
+    monkeypatch.setattr(kbmod, "MERGE_FACTOR", 3)
+    kb.delete(doc_ids=["tea"])  # a merge drops deleted rows
+    words = ["owl", "bat", "elk", "yak", "emu", "gnu"]
+    counts = []
+    for i, w in enumerate(words):
+        stats = kb.add([write_jsonl(tmp_path / f"{w}.jsonl", [{"id": w, "content": f"The {w} number {i} roams."}])])
+        counts.append(len(kb.info()["segments"]))
+        assert stats["added"] == 1
+    assert max(counts) <= 3 and counts.count(3) < len(counts)  # merges happened, never more than 3 segments
+    info = kb.info()
+    assert (info["docs"], info["chunks"]) == (4 + len(words), 4 + len(words))
+    assert sum(e["n_deleted"] for e in kb.manifest["segments"]) <= 1
+    for w in words:
+        assert ids(kb.search(w))[:1] == [f"{w}-0"]
+    assert kb.search("green tea") == []
+    reopened = KnowledgeBase.open(kb.path)
+    assert sorted(os.listdir(kb.path / "segments")) == sorted(e["name"] for e in reopened.manifest["segments"])
+
+
 def test_crash_before_manifest_leaves_old_kb(kb, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
