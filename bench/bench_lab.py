@@ -35,7 +35,8 @@ from picorag.train import TrainConfig, fit, init_distributed, pretrain, rag_fine
 LAB = OUT / "lab"
 LAW = DATA / "law" / "corpus"
 PATTERNS = {"T": "T,T,T,T,T,T", "M": "M,M,M,M,M,M", "hybrid": "T,T,T,M,M,M"}  # ~10M at n_embd 384
-PATTERNS4 = {"T": "T,T,T,T", "M": "M,M,M,M", "hybrid": "T,T,M,M"}  # the small models of curves
+PATTERNS4 = {"T": "T,T,T,T", "M": "M,M,M,M", "hybrid": "T,T,M,M", "T-wide": "T,T,T,T"}  # the models of curves
+WIDTH4 = {"T-wide": 104}  # attention at M's parameter count (0.73M); the others are 96 wide
 PATTERNS3 = {"T": "T,T,T", "M": "M,M,M", "hybrid": "T,M,M"}  # and of rag
 
 
@@ -109,7 +110,7 @@ def curves(args: argparse.Namespace) -> None:
     results = {}
     for name in PATTERNS4:
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=2048, sequence_len=128, n_layer=4, n_head=4, n_embd=96,
+        model = GPT(GPTConfig(vocab_size=2048, sequence_len=128, n_layer=4, n_head=4, n_embd=WIDTH4.get(name, 96),
                               block_pattern=PATTERNS4[name], chunk_size=32))
         cfg = TrainConfig(steps=args.steps, batch_size=8, lr=3e-3, eval_every=max(1, args.steps // 10),
                           device=args.device)
@@ -129,7 +130,7 @@ def curves(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name in PATTERNS:
+    for name in PATTERNS4:
         r = results[name]
         loss = np.convolve(r["loss"], np.ones(10) / 10, mode="valid")
         line, = ax.plot(np.arange(len(loss)) + 9, loss, label=f"{name} ({r['params'] / 1e6:.2f}M) train", alpha=0.7)
@@ -145,7 +146,7 @@ def curves(args: argparse.Namespace) -> None:
                     "seconds"],
                    [[n, results[n]["pattern"], f"{results[n]['params'] / 1e6:.2f}M",
                      f"{np.mean(results[n]['loss'][-10:]):.3f}", f"{results[n]['val'][-1][1]:.3f}",
-                     f"{results[n]['seconds']:.0f}"] for n in PATTERNS], "llrrrr"))
+                     f"{results[n]['seconds']:.0f}"] for n in PATTERNS4], "llrrrr"))
 
 
 def answer(model: GPT, tok: Tokenizer, messages: list[dict], max_tokens: int = 48) -> str:
