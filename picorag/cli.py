@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import unicodedata
 from typing import Any
@@ -216,6 +217,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     kb = KnowledgeBase.open(args.kb)
     gen = generator_of(args)
     history: list[dict[str, str]] = []
+    # a shell starting us in the background sets SIGINT to "ignore", which Python keeps: Ctrl-C must work here
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"picorag chat on {args.kb} ({gen.name} generator). Type quit or press Ctrl-D to leave.")
     while True:
         try:
