@@ -261,14 +261,27 @@ def top_k(ix: Postings, weights: np.ndarray, query: dict[str, float], k: int,
     if len(rows) * 8 < ix.n_docs:  # few postings: accumulate over the matched rows only, not all rows
         cand, inverse = np.unique(rows, return_inverse=True)
         scores = np.bincount(inverse, weights=vals)
-    else:
+    else:  # many postings: select straight from the dense score vector (flatnonzero on it costs more)
         scores = np.bincount(rows, weights=vals, minlength=ix.n_docs)
-        cand = np.flatnonzero(scores)
-        scores = scores[cand]
+        if allowed is not None:
+            scores *= allowed
+        return _select_dense(scores, k)
     if allowed is not None:
         keep = allowed[cand]
         cand, scores = cand[keep], scores[keep]
     return _select(cand, scores, k)
+
+
+def _select_dense(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """_select over every row's score (0 = no match): the same rows, in the same order."""
+    top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+    kth = scores[top].min() if len(top) else 0.0
+    if kth > 0 and np.count_nonzero(scores >= kth) > k:  # ties at the k-th score: lowest rows first
+        above = np.flatnonzero(scores > kth)
+        top = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
+    top = top[scores[top] > 0]  # fewer than k matches: the zeros argpartition added are not hits
+    order = np.lexsort((top, -scores[top]))
+    return top[order], scores[top][order]
 
 
 def top_k_many(ix: Postings, weights: np.ndarray, queries: Sequence[dict[str, float]], k: int,

@@ -127,3 +127,29 @@ def test_batched_scoring_equals_one_by_one(corpus):
             r2, s2 = top_k(ix, w, qw, 10, mask)
             assert r1.tolist() == r2.tolist()
             np.testing.assert_allclose(s1, s2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_docs", [12, 400])  # few postings (sparse path) and many (dense path)
+def test_top_k_equals_brute_force_with_ties_and_masks(n_docs):
+    """Duplicate documents make exact score ties: the k best must be the lowest rows among equals,
+    identical in both selection paths, and rows matching no term are never hits."""
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(6)] + [f"rare{i}" for i in range(n_docs)]
+    base = [list(rng.choice(vocab[:6], size=rng.integers(1, 5))) for _ in range(n_docs // 4)]
+    docs = [base[i % len(base)] if i % 5 else [vocab[6 + i]] for i in range(n_docs)]  # many exact duplicates
+    params = BM25Params()
+    ix = Postings.from_tokens(docs)
+    w = ix.weights(params, ix.total_len / ix.n_docs)
+    for query in (["w0"], ["w1", "w2"], ["w3", "rare5", "w4"], ["rare10"], ["absent"]):
+        qw = query_weights(query, {t: ix.df(t) for t in set(query)}, ix.n_docs, params)
+        full = np.zeros(ix.n_docs)
+        for t, wt in qw.items():
+            i = ix.term_id[t]
+            full[ix.rows[ix.indptr[i]:ix.indptr[i + 1]]] += w[ix.indptr[i]:ix.indptr[i + 1]] * np.float32(wt)
+        for mask in (None, np.arange(ix.n_docs) % 3 != 1):
+            s = full if mask is None else full * mask
+            want = sorted(np.flatnonzero(s), key=lambda r: (-s[r], r))
+            for k in (1, 3, 10, n_docs + 5):
+                rows, scores = top_k(ix, w, qw, k, mask)
+                assert rows.tolist() == want[:k], (query, k)
+                np.testing.assert_allclose(scores, s[want[:k]], rtol=1e-6)
