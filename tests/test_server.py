@@ -2,12 +2,12 @@
 uploads, the OpenAI-compatible endpoint (with the official client), API keys and limits."""
 
 import json
-import socket
 import threading
 import time
 
 import httpx
 import pytest
+from servers import Server
 
 from picorag.kb import KnowledgeBase
 from picorag.records import PicoragError
@@ -19,29 +19,6 @@ DOCS = [
     {"id": "law/590", "title": "民法典", "law": "中华人民共和国民法典",
      "content": "当事人一方因不可抗力不能履行合同的，根据不可抗力的影响，部分或者全部免除责任。"},
 ]
-
-
-class Server:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
