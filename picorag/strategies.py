@@ -108,7 +108,7 @@ def hyde(kb: KnowledgeBase, question: str, gen: Generator, k: int = 5, where: An
         raise PicoragError(f"k must be at least 1 and fusion one of {', '.join(FUSIONS)}")
     hypothesis = _write(gen, HYDE, question, 128, "write a hypothetical answer for --strategy hyde")
     pool = k * max(o.recall_factor, 1) if (mode == "hybrid" or o.reranker) else k
-    dense = dense_ranked(kb, [f"{question}\n{hypothesis}"], pool, where, o.nprobe)[0]
+    dense = dense_ranked(kb, [f"{question}\n{hypothesis}"], pool, where, o.nprobe, o.tuned)[0]
     if mode == "dense":
         ranked = dense
     else:

@@ -168,3 +168,30 @@ def test_errors_are_one_line(tmp_path, capsys, tiny):
     np.save(kb_dir / "x.npy", np.eye(16, dtype=np.float32))
     assert read_tuned(kb_dir, {"model": str(d / "enc"), "dim": 16}) is None
     assert "ignored" in capsys.readouterr().err
+
+
+class _Writer:
+    """A generator that always writes the same hypothetical answer (for --strategy hyde)."""
+
+    name, can_write, context_window = "writer", True, 512
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def stream(self, messages, max_tokens=256):
+        yield "w1 w2 w3"
+
+
+def test_hyde_honours_no_tuned(tiny):
+    from picorag.strategies import retrieve
+
+    d, probes = tiny
+    kb = KnowledgeBase.open(d / "kb")
+    if read_tuned(kb.path, kb.manifest["dense"]) is None:  # standalone run: give the KB an adapter first
+        tune(kb, TuneConfig(steps=30, per_chunk=2, seed=0), progress=False)
+        kb = KnowledgeBase.open(d / "kb")
+    q = probes[0]
+    for tuned in (True, False):
+        hits, _ = retrieve(kb, q, "hyde", _Writer(), k=5, mode="dense", tuned=tuned)
+        want = kb.search(f"{q}\nw1 w2 w3", k=5, mode="dense", tuned=tuned)
+        assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in want], tuned
