@@ -287,7 +287,11 @@ class KnowledgeBase:
                 name = f"seg-{manifest['next_segment'] - 1:06d}"
                 manifest["segments"] = [merge_segment(path / "segments", name, staging.shards, bm25_p,
                                                       staging.dense())]
+                # a `picorag tune` adapter was learned from the old chunks: it goes before the new KB commits
+                (path / "tuned.json").unlink(missing_ok=True)
                 cls._commit(path, manifest)
+                for f in path.glob("tuned-*.npy"):
+                    f.unlink(missing_ok=True)
                 staging.remove()
         except PicoragError:
             if created:

@@ -195,3 +195,16 @@ def test_hyde_honours_no_tuned(tiny):
         hits, _ = retrieve(kb, q, "hyde", _Writer(), k=5, mode="dense", tuned=tuned)
         want = kb.search(f"{q}\nw1 w2 w3", k=5, mode="dense", tuned=tuned)
         assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in want], tuned
+
+
+def test_rebuild_drops_the_adapter_of_the_old_corpus(tmp_path):
+    enc = tiny_encoder_dir(tmp_path / "enc", query_shift=6.0)
+    docs, _ = corpus(np.random.default_rng(0), n_docs=12)
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in docs))
+    kb = KnowledgeBase.build(tmp_path / "kb", [src], dense=str(enc))
+    tune(kb, TuneConfig(steps=10, per_chunk=2, seed=0), progress=False)
+    assert (tmp_path / "kb" / TUNED).exists()
+    kb = KnowledgeBase.build(tmp_path / "kb", [src], dense=str(enc))
+    assert not (tmp_path / "kb" / TUNED).exists() and not list((tmp_path / "kb").glob("tuned-*.npy"))
+    assert read_tuned(kb.path, kb.manifest["dense"]) is None
