@@ -17,7 +17,7 @@ from typing import Any
 from .records import PicoragError
 
 
-def _warn(msg: str) -> None:
+def warn(msg: str) -> None:
     print(f"picorag: warning: {msg}", file=sys.stderr)
 
 
@@ -51,7 +51,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     params = BM25Params(k1=args.k1, b=args.b, method=args.bm25)
     kb = KnowledgeBase.build(args.kb, args.sources, chunk_size=args.chunk_size, overlap=args.overlap,
-                             bm25=params, dense=args.dense, index=args.index, warn=_warn,
+                             bm25=params, dense=args.dense, index=args.index, warn=warn,
                              batch_size=args.batch_size, resume=args.resume, ray=args.ray, nlist=args.nlist,
                              nprobe=args.nprobe, train_sample=args.train_sample)
     info = kb.info()
@@ -63,7 +63,7 @@ def cmd_add(args: argparse.Namespace) -> None:
 
     if not args.sources and not args.dense:
         raise PicoragError("nothing to add: give files/directories, or --dense MODEL to add vectors")
-    stats = KnowledgeBase.open(args.kb).add(args.sources, warn=_warn, dense=args.dense, index=args.index,
+    stats = KnowledgeBase.open(args.kb).add(args.sources, warn=warn, dense=args.dense, index=args.index,
                                             batch_size=args.batch_size)
     _emit(args, stats, "added {added}, replaced {replaced}, unchanged {unchanged} documents "
                        "({chunks} chunks written)".format(**stats))
@@ -338,7 +338,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         r = prepare_dataset(args.mode, args.output, args.documents or [], k=args.k, p_absent=args.p_absent,
                             multi_hop=args.multi_hop, test_frac=args.test_frac, per_doc=args.per_doc,
-                            seed=args.seed, warn=_warn)
+                            seed=args.seed, warn=warn)
         _emit(args, r, "wrote {output}: {train_conversations} training and {test_conversations} test "
                        "conversations, knowledge base {knowledge_base} ({chunks} chunks)".format(**r))
         return
@@ -523,8 +523,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return micro.main(argv[1:])
     args = build_parser().parse_args(argv)
+    return run(args.fn, args)
+
+
+def run(fn: Any, args: argparse.Namespace) -> int:
+    """Run a command: a user's mistake is one line and exit 1, a bug of ours one line and exit 3."""
     try:
-        return args.fn(args) or 0
+        return fn(args) or 0
     except PicoragError as e:
         print(f"picorag: error: {e}", file=sys.stderr)
         return 1
@@ -540,7 +545,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"picorag: internal error: {type(e).__name__}: {e} (set PICORAG_DEBUG=1 for details)",
               file=sys.stderr)
         return 3
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,11 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="encoder for dense/hybrid: auto (default), minilm, e5-small or a model dir")
     p.add_argument("--index", default="flat", choices=["flat", "hnsw", "ivfpq"], help="vector index (default flat)")
     args = p.parse_args(argv)
+    from .cli import run, warn
 
-    def warn(msg: str) -> None:
-        print(f"picorag: warning: {msg}", file=sys.stderr)
-
-    try:
+    def build(args: argparse.Namespace) -> int:
         if args.model and search_mode(args.type) == "bm25":
             warn(f"--model is ignored for --type {args.type} (no vectors are stored)")
         kb = prepare_knowledge_base(args.documents, args.output, args.type, args.model, args.index, warn)
@@ -172,13 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         vectors = f", {info['dense']['model']} vectors" if info["dense"] else ""
         print(f"built {args.output}: {info['docs']} documents, {info['chunks']} chunks{vectors}")
         return 0
-    except PicoragError as e:
-        print(f"picorag: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("picorag: interrupted", file=sys.stderr)
-        return 130
 
+    return run(build, args)
 
 if __name__ == "__main__":
     raise SystemExit(main())
