@@ -55,6 +55,7 @@ from .shard import (
     write_live_shard,
 )
 from .shard import run as run_shards
+from .tune import discard_tuned
 from .vectors import KINDS
 
 __all__ = ["KnowledgeBase", "check_encoder", "doc_hash", "read_manifest", "write_lock"]
@@ -287,11 +288,8 @@ class KnowledgeBase:
                 name = f"seg-{manifest['next_segment'] - 1:06d}"
                 manifest["segments"] = [merge_segment(path / "segments", name, staging.shards, bm25_p,
                                                       staging.dense())]
-                # a `picorag tune` adapter was learned from the old chunks: it goes before the new KB commits
-                (path / "tuned.json").unlink(missing_ok=True)
+                discard_tuned(path)  # a `picorag tune` adapter learned from the old chunks: gone before the commit
                 cls._commit(path, manifest)
-                for f in path.glob("tuned-*.npy"):
-                    f.unlink(missing_ok=True)
                 staging.remove()
         except PicoragError:
             if created:

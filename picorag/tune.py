@@ -361,15 +361,21 @@ def tuned_of(kb: KnowledgeBase) -> Tuned | None:
 def remove_tuned(path: Path) -> bool:
     """Drop the adapter (search goes back to the plain encoder). True when there was one."""
     from .kb import write_lock
+
+    with write_lock(Path(path)):
+        return discard_tuned(path)
+
+
+def discard_tuned(path: Path) -> bool:
+    """Delete the adapter's files; the caller holds the KB's write lock. True when there was one."""
     from .segment import fsync_dir
 
     f = Path(path) / TUNED
-    with write_lock(Path(path)):
-        had = f.is_file()
-        f.unlink(missing_ok=True)
-        fsync_dir(str(path))
-        for old in Path(path).glob("tuned-*.npy"):
-            old.unlink(missing_ok=True)
+    had = f.is_file()
+    f.unlink(missing_ok=True)  # tuned.json is the adapter's commit point: it goes first
+    fsync_dir(str(path))
+    for old in Path(path).glob("tuned-*.npy"):
+        old.unlink(missing_ok=True)
     return had
 
 
