@@ -279,9 +279,11 @@ def _select_dense(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if kth > 0 and np.count_nonzero(scores >= kth) > k:  # ties at the k-th score: lowest rows first
         above = np.flatnonzero(scores > kth)
         top = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
-    top = top[scores[top] > 0]  # fewer than k matches: the zeros argpartition added are not hits
-    order = np.lexsort((top, -scores[top]))
-    return top[order], scores[top][order]
+    vals = scores[top]
+    hit = vals > 0  # fewer than k matches: the zeros argpartition added are not hits
+    top, vals = top[hit], vals[hit]
+    order = np.lexsort((top, -vals))
+    return top[order], vals[order]
 
 
 def top_k_many(ix: Postings, weights: np.ndarray, queries: Sequence[dict[str, float]], k: int,
