@@ -2,10 +2,16 @@
 
 An episode for one question: hop 1 searches the question itself. After each hop without the gold passage the
 model reads [system: write the next query, the `multi_hop` retrieval message so far, the question] (encoded
-like every conversation, via `prompt.render`) and samples a query, which picks the next hop's passages
+like every conversation, via `prompt.render`, its passages cut to the model's window by
+`dataset.fit_conversation` as in RAG fine-tuning) and samples a query, which picks the next hop's passages
 (ones already seen are skipped). The episode ends when the gold passage is retrieved or after `max_hops`.
 
-Reward: 1 when the gold passage is found, less `hop_cost` for every hop after the first; 0 when never found.
+Gold: a question's `doc_id` (and `evidence` text when given), or `gold`, a list of chunk ids that must all be
+retrieved (a 2-hop question: the passage that names the bridge and the bridge's own passage). There is no
+partial credit: with two gold passages the first is almost always found by the question itself, before the
+model has written anything, so rewarding it would reward nothing the model did.
+
+Reward: 1 when the gold passage(s) are found, less `hop_cost` for every hop after the first; 0 when never found.
 The loss is REINFORCE: -(reward - baseline) * log p(sampled query tokens), with the baseline a running mean of
 the reward, so queries that find the gold passage sooner than usual become more likely.
 
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .dataset import _is_gold, encode_conversation
+from .dataset import _is_gold, encode_conversation, fit_conversation
 from .model import GPT
 from .prompt import Message, document
 from .records import PicoragError
@@ -50,32 +56,61 @@ class Episode:
     queries: list[list[int]] = field(default_factory=list)  # the sampled query tokens (with the end token)
     found_at: int | None = None
     reward: float = 0.0
+    golds_found: int = 0  # with a `gold` list: how many of its passages were retrieved
+
+
+def has_gold(q: dict[str, Any]) -> bool:
+    """A question refrag can score: a `doc_id`, or a non-empty `gold` list of chunk ids."""
+    gold = q.get("gold")
+    return isinstance(q.get("question"), str) and (
+        isinstance(q.get("doc_id"), str) or (isinstance(gold, list) and bool(gold)
+                                             and all(isinstance(g, str) for g in gold)))
+
+
+def gold_hits(hits: list[Any], q: dict[str, Any]) -> set[str]:
+    """The ids among `hits` that are gold for `q` (see the module docstring)."""
+    if isinstance(q.get("gold"), list):
+        return {h.id for h in hits if h.id in q["gold"]}
+    return {h.id for h in hits if _is_gold(h, q)}
+
+
+def _all_found(got: set[str], q: dict[str, Any]) -> bool:
+    return set(q["gold"]) <= got if isinstance(q.get("gold"), list) else bool(got)
 
 
 def query_messages(question: str, hops: list[dict[str, Any]]) -> list[Message]:
+    """What the model reads before writing the next query (the episode prompt; warm-start data uses it too)."""
     return [{"role": "system", "content": NEXT_QUERY}, {"role": "retrieval", "multi_hop": True, "hops": hops},
             {"role": "user", "content": question}]
 
 
 @torch.no_grad()
-def run_episode(model: GPT, tok: Tokenizer, kb: Any, q: dict[str, str], max_hops: int = 3, top_k_per_hop: int = 2,
+def run_episode(model: GPT, tok: Tokenizer, kb: Any, q: dict[str, Any], max_hops: int = 3, top_k_per_hop: int = 2,
                 max_query_tokens: int = 16, hop_cost: float = 0.1, temperature: float = 1.0,
                 generator: torch.Generator | None = None) -> Episode:
-    """Search, let the model write the next query, search again, ... (see the module docstring)."""
+    """Search, let the model write the next query, search again, ... (see the module docstring).
+    temperature 0 writes greedily (evaluation)."""
     first_special = min(tok.special_tokens.values())
     ep = Episode(q["question"])
-    query, seen = q["question"], set()
+    query, seen, got = q["question"], set(), set()
+    room = model.config.sequence_len - max_query_tokens
     for hop in range(1, max_hops + 1):
         hits = [h for h in kb.search(query, k=top_k_per_hop + len(seen)) if h.id not in seen][:top_k_per_hop]
         seen |= {h.id for h in hits}
         ep.hops.append({"hop": hop, "query": query, "documents": [document(h) for h in hits]})
-        if any(_is_gold(h, q) for h in hits):
+        got |= gold_hits(hits, q)
+        ep.golds_found = len(got)
+        if _all_found(got, q):
             ep.found_at = hop
             break
         if hop == max_hops:
             break
-        ids, _ = encode_conversation(tok, query_messages(q["question"], ep.hops), add_generation_prompt=True)
-        ids = ids[-(model.config.sequence_len - max_query_tokens):]  # keep the question end when passages are long
+        messages = query_messages(q["question"], ep.hops)
+        # cut the passages (later ones first) rather than the front of the prompt, as RAG fine-tuning does;
+        # -1 for the <|assistant_start|> the generation prompt adds
+        messages = fit_conversation(tok, messages, room - 1) or messages
+        ids, _ = encode_conversation(tok, messages, add_generation_prompt=True)
+        ids = ids[-room:]  # only when even the cut passages do not fit: keep the question end
         out: list[int] = []
         for t in model.generate(ids, max_query_tokens, temperature=temperature, generator=generator):
             out.append(t)
@@ -106,15 +141,16 @@ def reinforce_loss(model: GPT, episodes: list[Episode], baseline: float) -> torc
 def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: str | Path, steps: int = 100,
                     batch_size: int = 4, lr: float = 1e-4, max_hops: int = 3, top_k_per_hop: int = 2,
                     hop_cost: float = 0.1, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    """REINFORCE on the queries JSONL ({"question", "doc_id", "evidence"?}, as prepare-dataset writes)."""
+    """REINFORCE on the queries JSONL: {"question", "doc_id", "evidence"?} lines, as prepare-dataset writes,
+    or {"question", "gold": [chunk ids]} (all must be found)."""
     from .dataset import read_jsonl_objects
     from .kb import KnowledgeBase
 
     if max_hops < 2:
         raise PicoragError("--max-hops must be at least 2: the model writes the queries after the first hop")
-    questions = [q for q in read_jsonl_objects(queries) if isinstance(q.get("question"), str) and "doc_id" in q]
+    questions = [q for q in read_jsonl_objects(queries) if has_gold(q)]
     if not questions:
-        raise PicoragError(f"{queries}: no {{\"question\", \"doc_id\"}} lines")
+        raise PicoragError(f"{queries}: no {{\"question\", \"doc_id\"}} or {{\"question\", \"gold\": [ids]}} lines")
     model, tok, meta = load_checkpoint(init)
     opt = model.optimizer(lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -138,7 +174,8 @@ def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: st
             baseline = mean_r if step == 0 else 0.9 * baseline + 0.1 * mean_r
             rows.append({"step": step, "reward": round(mean_r, 4), "baseline": round(baseline, 4),
                          "hops": float(np.mean([len(e.hops) for e in episodes])),
-                         "found": float(np.mean([e.found_at is not None for e in episodes]))})
+                         "found": float(np.mean([e.found_at is not None for e in episodes])),
+                         "golds_found": float(np.mean([e.golds_found for e in episodes]))})
     summary = {"stage": "refrag-finetune", "init": str(init), "step": steps, "max_hops": max_hops,
                "top_k_per_hop": top_k_per_hop, "hop_cost": hop_cost,
                "reward_first_10": round(float(np.mean([r["reward"] for r in rows[:10]])), 4),

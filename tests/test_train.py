@@ -304,6 +304,56 @@ def test_refrag_episodes_run_several_hops(example, pretrained):
         assert ep.found_at == 1 and ep.reward == 1.0 and ep.queries == []
 
 
+def test_refrag_two_hop_gold_needs_every_passage(example, pretrained):
+    from picorag.kb import KnowledgeBase
+    from picorag.refrag import has_gold, run_episode
+
+    model, tok, _ = load_checkpoint(pretrained)
+    with KnowledgeBase.open(example / "knowledge_base") as kb:
+        question = "How long is the laptop warranty?"
+        first = [h.id for h in kb.search(question, k=2)]
+        assert "policy_003-0" in first and "store_002-0" not in first
+        # one gold passage found by the question, the other only by the written query: found when both are in
+        q = {"question": question, "gold": ["policy_003-0", "store_002-0"]}
+        ep = run_episode(_Writer(model, tok, "gift cards cash"), tok, kb, q, max_hops=3, top_k_per_hop=2)
+        assert ep.found_at == 2 and ep.reward == pytest.approx(0.9) and ep.golds_found == 2 and len(ep.hops) == 2
+        # the second never found: no partial credit for the first, and every hop runs
+        q = {"question": question, "gold": ["policy_003-0", "no-such-chunk"]}
+        ep = run_episode(_Writer(model, tok, "gift cards cash"), tok, kb, q, max_hops=3, top_k_per_hop=2)
+        assert ep.found_at is None and ep.reward == 0.0 and ep.golds_found == 1 and len(ep.hops) == 3
+        # both found by the question itself: no query written
+        ep = run_episode(model, tok, kb, {"question": question, "gold": first}, max_hops=3, top_k_per_hop=2)
+        assert ep.found_at == 1 and ep.reward == 1.0 and ep.queries == []
+    assert has_gold({"question": "q", "doc_id": "d"}) and has_gold({"question": "q", "gold": ["a-0", "b-0"]})
+    assert not has_gold({"question": "q", "gold": []}) and not has_gold({"question": "q", "gold": "a-0"})
+    assert not has_gold({"question": "q"}) and not has_gold({"gold": ["a-0"]})
+
+
+def test_refrag_prompt_cuts_passages_not_the_question(example, pretrained):
+    """Passages longer than the model's window: the prompt keeps its start (the instruction) and the
+    question, and the passages are cut as in RAG fine-tuning, instead of the prompt's front being dropped."""
+    from picorag.kb import KnowledgeBase
+    from picorag.refrag import NEXT_QUERY, run_episode
+
+    model, tok, _ = load_checkpoint(pretrained)  # a law tokenizer: English passages take ~1 token a byte
+    prompts = []
+
+    class Reader(_Writer):
+        def generate(self, ids, n, **kw):
+            prompts.append(ids)
+            yield from super().generate(ids, n, **kw)
+
+    with KnowledgeBase.open(example / "knowledge_base") as kb:
+        q = {"question": "How many days or dollars does it take?", "doc_id": "nowhere"}  # 5 passages match
+        ep = run_episode(Reader(model, tok, "gift cards"), tok, kb, q, max_hops=2, top_k_per_hop=5,
+                         max_query_tokens=16)
+    text, docs = tok.decode(prompts[0]), ep.hops[0]["documents"]
+    assert len(prompts[0]) <= model.config.sequence_len - 16 and prompts[0][0] == tok.special_tokens["<|bos|>"]
+    assert len(docs) == 5 and docs[0]["content"] in text and docs[-1]["content"][:40] not in text  # last cut
+    assert NEXT_QUERY in text and text.endswith(
+        "How many days or dollars does it take?<|user_end|><|assistant_start|>")
+
+
 def test_reinforce_moves_queries_by_their_advantage(pretrained):
     from picorag.refrag import Episode, query_log_prob, reinforce_loss
 
@@ -328,3 +378,10 @@ def test_refrag_finetune_end_to_end(tmp_path, example, pretrained, capsys):
     assert len((tmp_path / "rf" / "refrag_log.jsonl").read_text().splitlines()) == 2
     load_checkpoint(tmp_path / "rf")
     assert main([*argv[:-3], "--max-hops", "1"]) == 1 and "at least 2" in capsys.readouterr().err
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"question": "Do gift cards expire?", "gold": ["store_002-0", "policy_001-0"]}) + "\n")
+    assert main([*argv[:5], str(gold), *argv[6:]]) == 0, capsys.readouterr().err
+    rows = [json.loads(r) for r in (tmp_path / "rf" / "refrag_log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["golds_found"] >= 1 for r in rows)  # the question itself finds store_002
+    gold.write_text(json.dumps({"question": "Do gift cards expire?", "gold": "store_002-0"}) + "\n")
+    assert main([*argv[:5], str(gold), *argv[6:]]) == 1 and "no {" in capsys.readouterr().err
