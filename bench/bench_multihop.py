@@ -1,6 +1,8 @@
 """Multi-hop retrieval on a 2-hop set derived from the Wikipedia passages: 1 hop vs several.
 
     .venv/bin/python bench/bench_multihop.py build      # writes bench/data/wiki2hop.jsonl (deterministic)
+    .venv/bin/python bench/bench_multihop.py build --train 3000  # bench/out/multihop/wiki2hop_train.jsonl:
+                                                        # seed 1, no article of wiki2hop.jsonl (model lab)
     .venv/bin/python bench/bench_multihop.py            # measures; writes bench/out/multihop.{md,json}
     .venv/bin/python bench/bench_multihop.py --local 20 # also the local generator forming the next query (slow)
 
@@ -31,35 +33,52 @@ import time  # noqa: E402
 
 SET = ROOT / "bench" / "data" / "wiki2hop.jsonl"
 KB = OUT / "kbs" / "wiki-bm25"
+TRAIN_SET = OUT / "multihop" / "wiki2hop_train.jsonl"
 N_QUESTIONS, SEED = 300, 0
+_PUNCT = ",.;:!?\"'()"
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
-def build_set() -> None:
-    from picorag.analyze import Analyzer
-
-    analyzer = Analyzer()
+def _load_passages() -> tuple[list[dict], dict[str, dict], set[str]]:
+    """All passages, each article's lead passage by title, and the bridge-title candidates."""
     passages = [json.loads(line) for line in gzip.open(DATA / "wiki" / "passages.jsonl.gz", "rt", encoding="utf-8")]
     lead: dict[str, dict] = {}
     for p in passages:  # an article's first passage defines it
         lead.setdefault(p["title"], p)
     # bridge candidates: titles of two to five words, no parentheses or digits-only words
     titles = {t for t in lead if 2 <= len(t.split()) <= 5 and "(" not in t and len(t) >= 6}
+    return passages, lead, titles
+
+
+def make_questions(passages: list[dict], lead: dict[str, dict], titles: set[str], count: int, seed: int,
+                   exclude: set[str] | frozenset[str] = frozenset(), prefix: str = "w2h", n_dev: int = 100,
+                   per_title: int = 1, strip: bool = False) -> list[dict]:
+    """`count` 2-hop cloze questions (the recipe in bench/data/README.md); no article in `exclude` is used as
+    A or B, and each article is A (and each title TB) of at most `per_title` questions. The first `n_dev`
+    get split "dev", the rest "test". `strip`: also match titles whose last word has punctuation attached
+    ("... at Kent College, where ..."), which the held-out set's recipe does not."""
+    from collections import Counter
+
+    from picorag.analyze import Analyzer
+
+    analyzer = Analyzer()
     order = list(range(len(passages)))
-    random.Random(SEED).shuffle(order)
-    out, used_a, used_b = [], set(), set()
+    random.Random(seed).shuffle(order)
+    out: list[dict] = []
+    used_a: Counter[str] = Counter()
+    used_b: Counter[str] = Counter()
     for i in order:
         a = passages[i]
-        if a["title"] in used_a:
+        if used_a[a["title"]] >= per_title or a["title"] in exclude:
             continue
         for s in _SENT.split(a["text"]):
-            words = s.split()
+            words = [w.strip(_PUNCT) for w in s.split()] if strip else s.split()
             if len(words) < 8:
                 continue
             found = [" ".join(words[j:j + n]) for n in (5, 4, 3, 2) for j in range(len(words) - n + 1)
                      if " ".join(words[j:j + n]) in titles]
-            found = [t for t in found if t != a["title"] and t not in used_b and s.count(t) == 1
-                     and lead[t]["id"] != a["id"]]
+            found = [t for t in found if t != a["title"] and used_b[t] < per_title and s.count(t) == 1
+                     and lead[t]["id"] != a["id"] and t not in exclude]
             if not found:
                 continue
             tb = found[0]
@@ -68,17 +87,39 @@ def build_set() -> None:
             if q_terms & set(analyzer.tokenize(tb)) or len(q_terms) < 5:
                 continue  # the question must not name B (nor any word of its title)
             b = lead[tb]
-            out.append({"id": f"w2h-{len(out) + 1:03d}", "question": f'Which entity is X in: "{masked}"?',
+            out.append({"id": f"{prefix}-{len(out) + 1:03d}", "question": f'Which entity is X in: "{masked}"?',
                         "bridge": tb, "gold": [f"{a['id']}-0", f"{b['id']}-0"], "a_title": a["title"],
-                        "split": "dev" if len(out) < 100 else "test"})
-            used_a.add(a["title"])
-            used_b.add(tb)
+                        "split": "dev" if len(out) < n_dev else "test"})
+            used_a[a["title"]] += 1
+            used_b[tb] += 1
             break
-        if len(out) == N_QUESTIONS:
+        if len(out) == count:
             break
+    return out
+
+
+def build_set() -> None:
+    passages, lead, titles = _load_passages()
+    out = make_questions(passages, lead, titles, N_QUESTIONS, SEED)
     SET.parent.mkdir(parents=True, exist_ok=True)
     SET.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
     print(f"wrote {len(out)} questions to {SET}")
+
+
+def build_train(n: int = 3000, seed: int = 1, per_title: int = 5) -> None:
+    """A training set for the model lab (bench/bench_refrag.py): the same recipe with another seed, no
+    article that is A or B of any wiki2hop.jsonl question (dev or test) used as A or B here, and an article
+    (or bridge title) used up to `per_title` times: at one use per title the recipe yields only ~630."""
+    passages, lead, titles = _load_passages()
+    held = [json.loads(line) for line in SET.read_text(encoding="utf-8").splitlines()]
+    exclude = {r["a_title"] for r in held} | {r["bridge"] for r in held}
+    out = make_questions(passages, lead, titles, n, seed, exclude, prefix="w2h-train", n_dev=n, per_title=per_title,
+                         strip=True)
+    for r in out:
+        r["split"] = "train"
+    TRAIN_SET.parent.mkdir(parents=True, exist_ok=True)
+    TRAIN_SET.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
+    print(f"wrote {len(out)} training questions to {TRAIN_SET} (excluding the {len(exclude)} articles of {SET.name})")
 
 
 def main() -> None:
@@ -168,4 +209,7 @@ def _pad(res, kb, q):
 
 
 if __name__ == "__main__":
-    build_set() if sys.argv[1:2] == ["build"] else main()
+    if sys.argv[1:2] == ["build"]:
+        build_train(int(sys.argv[sys.argv.index("--train") + 1])) if "--train" in sys.argv else build_set()
+    else:
+        main()
