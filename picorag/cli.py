@@ -330,7 +330,7 @@ def answer_args(sp: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """picorag train pretrain | prepare-dataset | rag-finetune | refrag-finetune (the model lab, docs/LAB.md)."""
+    """picorag train pretrain | prepare-dataset | rag-finetune | refrag-finetune | retriever (docs/LAB.md)."""
     from . import train
 
     if args.stage == "prepare-dataset":
@@ -341,6 +341,18 @@ def cmd_train(args: argparse.Namespace) -> None:
                             seed=args.seed, warn=warn)
         _emit(args, r, "wrote {output}: {train_conversations} training and {test_conversations} test "
                        "conversations, knowledge base {knowledge_base} ({chunks} chunks)".format(**r))
+        return
+    if args.stage == "retriever":
+        from .contrastive import RetrieverConfig, train_retriever
+
+        rc = RetrieverConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             hard_negatives=args.hard_negatives, max_length=args.max_length, val=args.val,
+                             seed=args.seed, device=args.device, threads=args.threads)
+        r = train_retriever(args.kb, args.out, dataset=args.dataset, split=args.split, pairs=args.pairs,
+                            base=args.base, cfg=rc, progress=not args.json, warn=warn)
+        _emit(args, r, "retriever: {s} steps, val MRR@10 by epoch {v}, kept epoch {b}; saved {out} "
+                       "(use: picorag build KB --dense {out})".format(s=r["steps"], v=r["val_mrr@10"],
+                                                                      b=r["best_epoch"], out=args.out))
         return
     if args.stage == "refrag-finetune":
         from .refrag import refrag_finetune
@@ -369,7 +381,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def train_parser(sub: Any) -> None:
-    tp = sub.add_parser("train", help="the model lab: pretrain, prepare-dataset, rag-finetune, refrag-finetune")
+    tp = sub.add_parser("train", help="the model lab: pretrain, prepare-dataset, rag-finetune, refrag-finetune, "
+                                      "retriever")
     stages = tp.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     def stage(name: str, help: str) -> argparse.ArgumentParser:
@@ -417,9 +430,27 @@ def train_parser(sub: Any) -> None:
     sp.add_argument("--init", metavar="DIR", help="the pretrained checkpoint to start from")
     loop_args(sp, 300, 1e-3)
 
+    sp = stage("retriever", "contrastive fine-tuning of a dense encoder (InfoNCE, BM25 hard negatives) on a KB")
+    sp.add_argument("--kb", required=True, metavar="KB", help="passages (live chunks) and BM25 for hard negatives")
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", metavar="BEIR_DIR", help="queries.jsonl + qrels/<split>.tsv")
+    src.add_argument("--pairs", metavar="JSONL", help='{"question" (or "query"/"text"), "doc_id"} lines')
+    sp.add_argument("--split", default="train", help="BEIR qrels split (default train)")
+    sp.add_argument("--base", metavar="DIR", help="BERT-like HF folder (default: fp32 all-MiniLM-L6-v2)")
+    sp.add_argument("--out", required=True, metavar="DIR", help="model dir for build --dense DIR")
+    sp.add_argument("--epochs", type=int, default=1)
+    sp.add_argument("--batch-size", type=int, default=32, help="queries per step (default 32)")
+    sp.add_argument("--lr", type=float, default=2e-5)
+    sp.add_argument("--hard-negatives", type=int, default=1, help="BM25 negatives per query (default 1)")
+    sp.add_argument("--max-length", type=int, default=256, help="passage tokens (default 256)")
+    sp.add_argument("--val", type=float, default=0.1, help="share of queries held out to pick the epoch (0.1)")
+    sp.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
+    sp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: OMP_NUM_THREADS or cores/2)")
+
     sp = stage("refrag-finetune", "multi-hop episodes: the model writes the next query; REINFORCE with a baseline")
     sp.add_argument("--kb", required=True, metavar="KB", help="the knowledge base the episodes search")
-    sp.add_argument("--queries", required=True, metavar="JSONL", help='{"question", "doc_id", "evidence"} lines')
+    sp.add_argument("--queries", required=True, metavar="JSONL",
+                    help='{"question", "doc_id", "evidence"} or {"question", "gold": [chunk ids]} lines')
     sp.add_argument("--init", required=True, metavar="DIR", help="the checkpoint to start from")
     sp.add_argument("--out", required=True, metavar="DIR")
     sp.add_argument("--steps", type=int, default=100)
