@@ -199,13 +199,22 @@ def read_queries(dataset: str | Path | None = None, split: str = "train",
     return list(by_text.values())
 
 
+def _docs_of(kb: Any, keys: Sequence[Key]) -> dict[Key, str]:
+    """doc_id of each chunk key, one lookup per segment."""
+    out: dict[Key, str] = {}
+    for si in sorted({k[0] for k in keys}):
+        rows = sorted({r for s, r in keys if s == si})
+        out.update({(si, r): doc for r, (_, doc) in zip(rows, kb.segments[si].ids(rows), strict=True)})
+    return out
+
+
 def _doc_rows(kb: Any, doc_ids: Sequence[str]) -> dict[str, list[Key]]:
     """Live chunk keys of each doc id (absent ids map to nothing)."""
+    keys = [(si, int(r)) for si, seg in enumerate(kb.segments) for r in seg.store.rows_of_docs(list(doc_ids))
+            if seg.live[r]]
     out: dict[str, list[Key]] = {}
-    for si, seg in enumerate(kb.segments):
-        for r in seg.store.rows_of_docs(list(doc_ids)):
-            if seg.live[r]:
-                out.setdefault(seg.ids([r])[0][1], []).append((si, int(r)))
+    for key, doc in _docs_of(kb, keys).items():
+        out.setdefault(doc, []).append(key)
     return out
 
 
@@ -267,11 +276,7 @@ def prepare(kb: Any, queries: list[TrainQuery], cfg: RetrieverConfig, warn: Warn
     ranked = []
     for s in range(0, len(queries), 256):
         ranked += bm25_ranked(kb, [q.text for q in queries[s : s + 256]], depth)
-    doc_of: dict[Key, str] = {k: d for d, ks in rows.items() for k in ks}
-    for r in ranked:
-        for (si, row), _ in r:
-            if (si, row) not in doc_of:
-                doc_of[(si, row)] = kb.segments[si].ids([row])[0][1]
+    doc_of = _docs_of(kb, [k for r in ranked for k, _ in r]) | {k: d for d, ks in rows.items() for k in ks}
     train = [(qi, _best_chunk(kb, queries[qi].text, rows[d])) for qi in train_q for d in sorted(queries[qi].gold)]
     lo, hi = cfg.neg_ranks
     negatives = {qi: [k for k, _ in ranked[qi][lo - 1 : hi] if doc_of[k] not in queries[qi].gold] for qi in train_q}
@@ -381,12 +386,13 @@ def train_retriever(kb_path: str | Path, out: str | Path, dataset: str | Path | 
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                     enabled=False)
-    mrr = [val_mrr(emb, queries, p, 10)]
-    best = (mrr[0], 0, None)  # (score, epoch, weights): epoch 0 is the base itself
-    rows: list[dict[str, Any]] = []
     from tqdm import tqdm
 
     bar = tqdm(total=total if cfg.epochs else 0, desc="retriever", file=sys.stderr, disable=not progress)
+    bar.set_postfix_str(f"validating the base ({len(p.val_pool)} passages)")
+    mrr = [val_mrr(emb, queries, p, 10)]
+    best = (mrr[0], 0, None)  # (score, epoch, weights): epoch 0 is the base itself
+    rows: list[dict[str, Any]] = []
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         for b in np.array_split(rng.permutation(len(p.train)), steps_per_epoch):
@@ -414,6 +420,7 @@ def train_retriever(kb_path: str | Path, out: str | Path, dataset: str | Path | 
             step += 1
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{value:.3f}")
+        bar.set_postfix_str(f"epoch {epoch}: validating")
         mrr.append(val_mrr(emb, queries, p, 10))
         bar.set_postfix(epoch=epoch, val_mrr=f"{mrr[-1]:.3f}")
         if not p.val or mrr[-1] > best[0]:  # without validation the last epoch is kept

