@@ -197,3 +197,17 @@ def test_default_base_matches_the_minilm_encoder():
     ours = Embedder(model, tok, settings, RetrieverConfig(), torch.device("cpu")).encode(texts, "passage")
     theirs = load_encoder("minilm").encode(texts, "passage")
     assert (ours * theirs).sum(1).min() >= 0.99
+
+
+def test_trains_on_the_queries_prepare_dataset_writes(setup, tmp_path):
+    from picorag.dataset import prepare_dataset
+
+    d, src, pairs, probes, base = setup
+    prepare_dataset("example", tmp_path / "ex", [], seed=0)
+    lines = (tmp_path / "ex" / "queries_train.jsonl").read_text().splitlines()
+    report = train_retriever(tmp_path / "ex" / "knowledge_base", tmp_path / "ret", pairs=tmp_path / "ex" /
+                             "queries_train.jsonl", base=base, cfg=RetrieverConfig(**{**FAST, "epochs": 1}),
+                             progress=False)
+    assert report["data"]["queries"] == len({json.loads(x)["question"] for x in lines}) > 10
+    assert report["data"]["train_examples"] + report["data"]["val_queries"] == report["data"]["queries"]
+    assert (tmp_path / "ret" / "model.onnx").is_file()
