@@ -154,15 +154,14 @@ class Embedder:
         import torch
 
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), 0), np.float32)
         was = self.model.training
         self.model.eval()
         with torch.no_grad():
             parts = [self([texts[i] for i in order[s : s + batch]], kind).cpu().numpy()
                      for s in range(0, len(texts), batch)]
         self.model.train(was)
+        out = np.zeros((len(texts), parts[0].shape[1] if parts else 0), np.float32)
         if parts:
-            out = np.zeros((len(texts), parts[0].shape[1]), np.float32)
             out[order] = np.concatenate(parts)
         return out
 
@@ -445,34 +444,25 @@ def train_retriever(kb_path: str | Path, out: str | Path, dataset: str | Path | 
 # -- output -------------------------------------------------------------------------------------------
 
 
-class _Graph:
-    """The exported graph: token states of the last layer (OnnxEncoder pools them)."""
-
-    @staticmethod
-    def wrap(model: Any) -> Any:
-        import torch
-
-        class G(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.m = model
-
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
-
-        return G().eval()
-
-
 def export_onnx(model: Any, path: Path) -> None:
+    """model.onnx: token states of the last layer, as OnnxEncoder expects (it pools and normalizes)."""
     import warnings
 
     import torch
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
 
     ids = torch.tensor([[2, 5, 7, 3], [2, 6, 0, 0]], dtype=torch.long)  # one padded row: masking is traced
     mask = (ids != 0).long()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python bools in transformers' mask code
-        torch.onnx.export(_Graph.wrap(model), (ids, mask, torch.zeros_like(ids)), str(path),
+        torch.onnx.export(Graph().eval(), (ids, mask, torch.zeros_like(ids)), str(path),
                           input_names=["input_ids", "attention_mask", "token_type_ids"],
                           output_names=["last_hidden_state"], opset_version=17, dynamo=False,
                           dynamic_axes={n: {0: "batch", 1: "sequence"} for n in
