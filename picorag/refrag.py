@@ -13,7 +13,8 @@ model has written anything, so rewarding it would reward nothing the model did.
 
 Reward: 1 when the gold passage(s) are found, less `hop_cost` for every hop after the first; 0 when never found.
 The loss is REINFORCE: -(reward - baseline) * log p(sampled query tokens), with the baseline a running mean of
-the reward, so queries that find the gold passage sooner than usual become more likely.
+the reward of the episodes in which the model wrote a query, so queries that find the gold passage sooner than
+usual become more likely.
 
 >>> reward(1), reward(3), reward(None)
 (1.0, 0.8, 0.0)
@@ -154,7 +155,7 @@ def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: st
     model, tok, meta = load_checkpoint(init)
     opt = model.optimizer(lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
-    baseline, rows = 0.0, []
+    baseline, rows = None, []
     out = Path(out)
     with KnowledgeBase.open(kb_path) as kb:
         for step in tqdm(range(steps), desc="refrag", file=sys.stderr, disable=not progress):
@@ -164,23 +165,37 @@ def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: st
             episodes = [run_episode(model, tok, kb, q, max_hops, top_k_per_hop, hop_cost=hop_cost, generator=gen)
                         for q in batch]
             model.train()
-            loss = reinforce_loss(model, episodes, baseline)
+            loss = reinforce_loss(model, episodes, baseline or 0.0)
             if loss is not None:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
             mean_r = float(np.mean([e.reward for e in episodes]))
-            baseline = mean_r if step == 0 else 0.9 * baseline + 0.1 * mean_r
-            rows.append({"step": step, "reward": round(mean_r, 4), "baseline": round(baseline, 4),
+            # the baseline follows the episodes the model wrote in: those found at hop 1 (reward 1, no query)
+            # say nothing about its queries and would only lift the baseline above what a query earns
+            wrote = [e.reward for e in episodes if e.queries]
+            mean_w = float(np.mean(wrote)) if wrote else None
+            if mean_w is not None:
+                baseline = mean_w if baseline is None else 0.9 * baseline + 0.1 * mean_w
+            rows.append({"step": step, "reward": round(mean_r, 4), "wrote": len(wrote),
+                         "reward_wrote": None if mean_w is None else round(mean_w, 4),
+                         "baseline": None if baseline is None else round(baseline, 4),
                          "hops": float(np.mean([len(e.hops) for e in episodes])),
                          "found": float(np.mean([e.found_at is not None for e in episodes])),
                          "golds_found": float(np.mean([e.golds_found for e in episodes]))})
     summary = {"stage": "refrag-finetune", "init": str(init), "step": steps, "max_hops": max_hops,
                "top_k_per_hop": top_k_per_hop, "hop_cost": hop_cost,
                "reward_first_10": round(float(np.mean([r["reward"] for r in rows[:10]])), 4),
-               "reward_last_10": round(float(np.mean([r["reward"] for r in rows[-10:]])), 4)}
+               "reward_last_10": round(float(np.mean([r["reward"] for r in rows[-10:]])), 4),
+               "reward_wrote_first_10": _mean_of(rows[:10], "reward_wrote"),
+               "reward_wrote_last_10": _mean_of(rows[-10:], "reward_wrote")}
     save_checkpoint(out, model, tok, {**{k: v for k, v in meta.items() if k not in ("format", "version", "model")},
                                       **summary})
     (out / "refrag_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return summary
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    xs = [r[key] for r in rows if r[key] is not None]
+    return round(float(np.mean(xs)), 4) if xs else None

@@ -383,5 +383,12 @@ def test_refrag_finetune_end_to_end(tmp_path, example, pretrained, capsys):
     assert main([*argv[:5], str(gold), *argv[6:]]) == 0, capsys.readouterr().err
     rows = [json.loads(r) for r in (tmp_path / "rf" / "refrag_log.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["golds_found"] >= 1 for r in rows)  # the question itself finds store_002
+    gold.write_text(json.dumps({"question": "Do gift cards expire?", "gold": ["store_002-0"]}) + "\n")
+    capsys.readouterr()
+    assert main([*argv[:5], str(gold), *argv[6:]]) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)  # always found at hop 1: no query, so no baseline either
+    assert summary["reward_last_10"] == 1.0 and summary["reward_wrote_last_10"] is None
+    rows = [json.loads(r) for r in (tmp_path / "rf" / "refrag_log.jsonl").read_text().splitlines()]
+    assert [(r["wrote"], r["reward_wrote"], r["baseline"]) for r in rows] == [(0, None, None)] * 2
     gold.write_text(json.dumps({"question": "Do gift cards expire?", "gold": "store_002-0"}) + "\n")
     assert main([*argv[:5], str(gold), *argv[6:]]) == 1 and "no {" in capsys.readouterr().err
