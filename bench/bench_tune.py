@@ -1,16 +1,16 @@
 """`picorag tune` before/after, per retrieval mode, on three sets.
 
-    .venv/bin/python bench/bench_tune.py [--only law|scifact] [--steps 400]
+    .venv/bin/python bench/bench_tune.py [--only law|scifact]
 
     law      KB bench/out/kbs/law-e5-small (3 statutes, e5-small vectors), copied to bench/out/tune/law-e5
              - bench/data/law_vague_dev.jsonl: our 54 vague colloquial questions (hit@5, MRR@5)
              - ../shared/data/law/eval/law_eval_set.jsonl: the shared set, test only (must stay hit@5 1.00)
     scifact  KB bench/out/kbs/scifact-minilm, copied to bench/out/tune/scifact-minilm; BEIR test queries (nDCG@10)
 
-The adapter is trained on pseudo-queries made from each KB's own chunks only (picorag/tune.py); no question
-of any set above is seen by training or by the choice of its settings' defaults, except the dev set, which
-chose the defaults. Pseudo-query vectors are cached by text under bench/out/tune/cache (embedding is the
-slow part); "embed s" is the time they took when first embedded (at the load average then).
+Tune stores sentence keys made from each KB's own chunks only (picorag/tune.py); no question of any set
+above is seen by tune, and only the dev set was used to choose its method and defaults. Key vectors are
+cached by text under bench/out/tune/cache (embedding is the slow part); "embed s" is the time they took when
+first embedded (at the load average then), "tune s" the rest of `tune` (cutting, storing).
 Writes bench/out/tune.md, bench/out/tune.json and bench/out/tune.png.
 """
 
@@ -31,7 +31,7 @@ from common import cpu_info, git_commit, loadavg, md_table, pyplot, write_json, 
 
 from picorag.evaluate import evaluate  # noqa: E402
 from picorag.kb import KnowledgeBase  # noqa: E402
-from picorag.tune import TuneConfig, embed_queries, passage_matrix, pseudo_queries, save_tuned, train_ensemble  # noqa: E402
+from picorag.tune import TuneConfig, embed_keys, tune  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 WORK = OUT / "tune"
@@ -47,51 +47,45 @@ MODES = ("bm25", "dense", "hybrid")
 
 
 def tuned_kb(name: str, cfg: TuneConfig) -> tuple[Path, dict]:
-    """Copy the benchmark KB (never touch the original), make and embed pseudo-queries (cached), train
-    the adapter and store it in the copy exactly as `picorag tune` does."""
+    """Copy the benchmark KB (never touch the original) and run `tune` on the copy, with key vectors
+    taken from the cache where it has them."""
     spec = SETS[name]
-    if not spec["copy"].exists():
-        shutil.copytree(spec["kb"], spec["copy"])
+    if spec["copy"].exists():
+        shutil.rmtree(spec["copy"])
+    shutil.copytree(spec["kb"], spec["copy"])
     kb = KnowledgeBase.open(spec["copy"])
+    timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    queries, pos = pseudo_queries(kb, cfg)
-    t_make = time.perf_counter() - t0
-    q, t_embed = cached_embed(name, kb, queries)
-    p, live = passage_matrix(kb)
-    t0 = time.perf_counter()
-    w, rep = train_ensemble(q, p, pos, live, cfg)
-    t_train = time.perf_counter() - t0
-    dense = kb.manifest["dense"]
-    save_tuned(kb.path, w, {"method": "query-adapter", "model": dense["model"], "dim": dense["dim"],
-                            "trained_on": {"chunks": int(live.sum()), "pseudo_queries": len(q)},
-                            "config": asdict(cfg), "report": rep})
-    examples = [queries[i] for i in range(0, len(queries), max(1, len(queries) // 5))][:5]
-    return spec["copy"], {"pseudo_queries": len(q), "make_s": t_make, "embed_s": t_embed, "train_s": t_train,
-                          **rep, "examples": examples}
+    rep = tune(kb, cfg, say=lambda m: print(f"  {m}", flush=True),
+               embed=lambda texts: cached_embed(name, kb, texts, timing))
+    total = time.perf_counter() - t0
+    return spec["copy"], {**rep, "embed_s": timing["embed_s"], "tune_s": total - timing["this_run_s"]}
 
 
-def cached_embed(name: str, kb: KnowledgeBase, queries: list[str]) -> tuple[np.ndarray, float]:
-    """Query vectors through a per-KB text -> vector cache; only texts not seen before are embedded.
-    Returns the vectors and the seconds embedding them took (when they were first embedded)."""
-    texts_f, vecs_f, log_f = (WORK / "cache" / f"{name}.{x}" for x in ("texts.json", "vecs.npy", "log.json"))
-    texts = json.loads(texts_f.read_text(encoding="utf-8")) if texts_f.exists() else []
+def cached_embed(name: str, kb: KnowledgeBase, texts: list[str], timing: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Key vectors through a per-KB text -> vector cache; only texts not seen before are embedded.
+    Records in `timing` the seconds embedding all of them took (as measured when first embedded)."""
+    texts_f, vecs_f, log_f = (WORK / "cache" / f"{name}-keys.{x}" for x in ("texts.json", "vecs.npy", "log.json"))
+    cached = json.loads(texts_f.read_text(encoding="utf-8")) if texts_f.exists() else []
     vecs = np.load(vecs_f) if vecs_f.exists() else np.zeros((0, kb.manifest["dense"]["dim"]), np.float32)
     log = json.loads(log_f.read_text()) if log_f.exists() else {"embedded": 0, "seconds": 0.0}
-    where = {t: i for i, t in enumerate(texts)}
-    missing = list(dict.fromkeys(t for t in queries if t not in where))
+    where = {t: i for i, t in enumerate(cached)}
+    missing = list(dict.fromkeys(t for t in texts if t not in where))
+    t0 = time.perf_counter()
     if missing:
-        t0 = time.perf_counter()
-        new = embed_queries(kb, missing)
+        new, _ = embed_keys(kb, missing)
         log = {"embedded": log["embedded"] + len(missing), "seconds": log["seconds"] + time.perf_counter() - t0}
         texts_f.parent.mkdir(parents=True, exist_ok=True)
-        texts += missing
+        cached += missing
         vecs = np.concatenate([vecs, new])
-        texts_f.write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+        texts_f.write_text(json.dumps(cached, ensure_ascii=False), encoding="utf-8")
         np.save(vecs_f, vecs)
         log_f.write_text(json.dumps(log))
-        where = {t: i for i, t in enumerate(texts)}
-    rate = log["seconds"] / max(log["embedded"], 1)  # seconds per query as measured when embedded
-    return vecs[[where[t] for t in queries]], rate * len(queries)
+        where = {t: i for i, t in enumerate(cached)}
+    timing["this_run_s"] = time.perf_counter() - t0
+    uniq = len(set(texts))
+    timing["embed_s"] = log["seconds"] / max(log["embedded"], 1) * uniq  # seconds per key when first embedded
+    return vecs[[where[t] for t in texts]], np.ones(len(texts), dtype=bool)
 
 
 def measure(kb_dir: Path, dataset: Path) -> dict[str, dict[str, dict]]:
@@ -99,7 +93,7 @@ def measure(kb_dir: Path, dataset: Path) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for mode in MODES:
         for tuned in (False, True):
-            if mode == "bm25" and tuned:  # BM25 does not use the adapter
+            if mode == "bm25" and tuned:  # BM25 does not use the keys
                 out[mode]["after"] = out[mode]["before"]
                 continue
             opts = {"mode": mode, "tuned": tuned, "fetch": not dataset.is_dir()}
@@ -116,9 +110,8 @@ def measure(kb_dir: Path, dataset: Path) -> dict[str, dict[str, dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=list(SETS))
-    ap.add_argument("--steps", type=int, default=TuneConfig.steps)
     args = ap.parse_args()
-    cfg = TuneConfig(steps=args.steps)
+    cfg = TuneConfig()
     old = json.loads((OUT / "tune.json").read_text()) if (OUT / "tune.json").exists() else {}
     results: dict = {"load_before": loadavg(), "cpu": cpu_info(), "commit": git_commit(), "config": asdict(cfg),
                      "sets": old.get("sets", {}) if args.only else {}}  # --only updates one set in place
@@ -147,11 +140,9 @@ def report(r: dict) -> str:
                 rows.append([label, mode] + [f"{b[m]:.3f} → {a[m]:.3f}" for m in metrics]
                             + [", ".join(metrics)])
     lines.append(md_table(["set", "mode", "first metric: before → after", "second", "metrics"], rows))
-    lines += ["", md_table(["KB", "pseudo-queries", "embed s", "train s", "steps (best)", "held-out MRR@10"],
-                           [[n, s["train"]["pseudo_queries"], f"{s['train']['embed_s']:.0f}",
-                             f"{s['train']['train_s']:.0f}", f"{s['train']['steps']} ({s['train']['best_step']})",
-                             f"{s['train']['val_mrr10_before']:.3f} → {s['train']['val_mrr10_after']:.3f}"]
-                            for n, s in r["sets"].items()])]
+    lines += ["", md_table(["KB", "chunks", "sentence keys", "embed s", "tune s (rest)"],
+                           [[n, s["train"]["chunks"], s["train"]["keys"], f"{s['train']['embed_s']:.0f}",
+                             f"{s['train']['tune_s']:.1f}"] for n, s in r["sets"].items()])]
     return "\n".join(lines) + "\n"
 
 

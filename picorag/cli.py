@@ -114,10 +114,6 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"{i}. [{h.score:.3f}] {h.citation}  ({h.id})\n   {snippet(h.text)}")
 
 
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
 def cmd_tune(args: argparse.Namespace) -> None:
     from .kb import KnowledgeBase
     from .tune import TuneConfig, remove_tuned, tune
@@ -125,17 +121,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.remove:
         KnowledgeBase.open(args.kb)  # a clear error when KB is not a knowledge base
         had = remove_tuned(args.kb)
-        _emit(args, {"removed": had}, "adapter removed" if had else "no adapter to remove")
+        _emit(args, {"removed": had}, "tune keys removed" if had else "nothing to remove: the KB is not tuned")
         return
-    cfg = TuneConfig(steps=args.steps, budget_minutes=args.budget_minutes, per_chunk=args.per_chunk,
-                     drop=args.drop, device=args.device)
+    cfg = TuneConfig(key_weight=args.key_weight, budget_minutes=args.budget_minutes, max_keys=args.max_keys)
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     r = tune(KnowledgeBase.open(args.kb), cfg, say=say)
-    _emit(args, r, f"tuned {args.kb}: {r['pseudo_queries']} pseudo-queries, {r['adapters']} adapters, "
-                   f"{r['steps']} steps on {r['device']} in {r['seconds']:.0f} s; "
-                   f"held-out MRR@10 {_num(r['val_mrr10_before'])} -> "
-                   f"{_num(r['val_mrr10_after'])}" + (" (no step beat the plain encoder: kept it)" if r["identity"]
-                                                   else "; search/ask/eval use it (--no-tuned to compare)"))
+    _emit(args, r, f"tuned {args.kb}: {r['keys']} sentence keys for {r['chunks_with_keys']} of {r['chunks']} chunks "
+                   f"in {r['seconds']:.0f} s" + (" (cut by --budget-minutes/--max-keys)" if r["cut_by_budget"] else "")
+                   + "; search/ask/eval use them (--no-tuned to compare)")
 
 
 def search_strategy(args: argparse.Namespace, kb: Any) -> None:
@@ -528,13 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode_args(sp)
     answer_args(sp)
 
-    sp = command("tune", cmd_tune, "adapt dense retrieval to this KB's own text (no labels needed)")
-    sp.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    sp.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock cap, embedding included (10)")
-    sp.add_argument("--per-chunk", type=int, default=1, help="sentences taken from each chunk (default 1)")
-    sp.add_argument("--drop", type=float, default=0.4, help="share of rare words dropped in a second copy (0.4)")
-    sp.add_argument("--device", default="auto", help="torch device: auto (GPU when present), cpu, cuda")
-    sp.add_argument("--remove", action="store_true", help="delete the KB's adapter instead")
+    sp = command("tune", cmd_tune, "sentence keys from this KB's own text for vague questions (no labels needed)")
+    sp.add_argument("--key-weight", type=float, default=0.7, help="share of a chunk's best sentence key in its "
+                    "dense score (default 0.7)")
+    sp.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock cap on embedding (10)")
+    sp.add_argument("--max-keys", type=int, default=40000, help="at most this many sentence keys (40000)")
+    sp.add_argument("--remove", action="store_true", help="delete the KB's tune keys instead")
 
     sp = command("serve", cmd_serve, "HTTP API, OpenAI-compatible endpoint and web page")
     sp.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (other addresses need --api-key)")

@@ -50,7 +50,7 @@ class Options:
     dense_weight: float = 0.5  # for weighted fusion; BM25 gets 1 - dense_weight
     nprobe: int | None = None  # IVF lists probed (default from the index)
     reranker: Reranker | None = None
-    tuned: bool = True  # apply the KB's `picorag tune` query adapter when it has one
+    tuned: bool = True  # use the KB's `picorag tune` sentence keys when it has them
 
 
 def allowed(seg: Segment, where: Where | None) -> np.ndarray | None:
@@ -87,15 +87,15 @@ def bm25_ranked(kb: KnowledgeBase, queries: Sequence[str], n: int, where: Where 
 
 def dense_ranked(kb: KnowledgeBase, queries: Sequence[str], n: int, where: Where | None = None,
                  nprobe: int | None = None, tuned: bool = True) -> list[Ranked]:
-    """Dense top-n lists, one per query; queries are encoded in one batch, then mapped by the
-    KB's tuned adapter (tune.py) unless tuned=False."""
+    """Dense top-n lists, one per query; queries are encoded in one batch. With the KB's `picorag tune`
+    sentence keys (tune.py), unless tuned=False, chunks are scored with their best key too."""
     from .tune import tuned_of
 
     vecs = kb.encoder().encode(list(queries), kind="query")
-    adapter = tuned_of(kb) if tuned else None
-    if adapter is not None:
-        vecs = adapter.apply(vecs)
     masks = [allowed(seg, where) for seg in kb.segments]
+    keys = tuned_of(kb) if tuned else None
+    if keys is not None:
+        return keys.rank(kb, np.asarray(vecs, dtype=np.float32), n, masks, nprobe)
     out = []
     for q in vecs:
         found: Ranked = []
