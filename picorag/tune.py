@@ -208,7 +208,8 @@ def _warn(msg: str) -> None:
     print(f"picorag: warning: {msg}", file=sys.stderr)
 
 
-def read_tuned(path: Path, dense: dict[str, Any] | None, segments: Sequence[str] = ()) -> Tuned | None:
+def read_tuned(path: Path, dense: dict[str, Any] | None, segments: Sequence[str] = (),
+               sizes: Sequence[int] | None = None) -> Tuned | None:
     """The KB's keys mapped onto its current `segments` (names, in order), or None when it has none.
     Keys for another encoder, from the old adapter format, or that miss segments added or rewritten
     since (add, compact) are not used, with a warning on stderr."""
@@ -248,6 +249,8 @@ def read_tuned(path: Path, dense: dict[str, Any] | None, segments: Sequence[str]
     now = {name: i for i, name in enumerate(segments)}
     seg = np.array([now.get(names[s], -1) if 0 <= s < len(names) else -1 for s in owners[:, 0]], dtype=np.int64)
     keep = seg >= 0  # keys of segments that are gone (nothing of them is searched any more)
+    if sizes is not None and ((owners[keep, 1] < 0) | (owners[keep, 1] >= np.asarray(sizes)[seg[keep]])).any():
+        raise PicoragError(f"{f} is damaged (a key's row is outside its segment); re-run: picorag tune {path}")
     keys, seg, rows = np.asarray(keys[keep], dtype=np.float32), seg[keep], owners[keep, 1]
     order = np.lexsort((rows, seg))
     keys, seg, rows = keys[order], seg[order], rows[order]
@@ -263,7 +266,8 @@ def tuned_of(kb: KnowledgeBase) -> Tuned | None:
     names = tuple(s.name for s in kb.segments)
     cached = kb.__dict__.get("_tuned")
     if cached is None or cached[0] != names:
-        kb.__dict__["_tuned"] = cached = (names, read_tuned(kb.path, kb.manifest.get("dense"), names))
+        tuned = read_tuned(kb.path, kb.manifest.get("dense"), names, [s.n for s in kb.segments])
+        kb.__dict__["_tuned"] = cached = (names, tuned)
     return cached[1]
 
 

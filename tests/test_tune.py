@@ -214,6 +214,11 @@ def test_errors_are_one_line(tmp_path, capsys, tiny):
     # keys made by another encoder, or the old adapter format, are ignored with a warning
     tune(KnowledgeBase.open(kb_dir), progress=False)
     meta = json.loads((kb_dir / TUNED).read_text())
+    owners = np.load(kb_dir / meta["files"]["owners"])
+    np.save(kb_dir / meta["files"]["owners"], owners + [0, 1000])  # rows past the segment: damaged, not IndexError
+    assert main(["search", str(kb_dir), "w1 w2", "--mode", "dense"]) == 1
+    assert "damaged" in capsys.readouterr().err
+    np.save(kb_dir / meta["files"]["owners"], owners)
     (kb_dir / TUNED).write_text(json.dumps({**meta, "model": "other"}))
     assert read_tuned(kb_dir, KnowledgeBase.open(kb_dir).manifest["dense"], ["seg-000001"]) is None
     assert "ignored" in capsys.readouterr().err
