@@ -10,7 +10,7 @@ Stages (outputs under bench/out/refrag/; a stage is skipped when its output exis
   warm-data  warm.jsonl: conversations rendered as refrag's episode prompt (refrag.query_messages: the
              instruction, the multi_hop retrieval message with the 5 hop-1 passages, the question) whose
              answer is the bridge title; questions whose hop 1 lacks A are left out (nothing to read the
-             title from)
+             title from); plus N_CLOZE single-passage cloze conversations of the same shape (cloze_data)
   warm       `picorag train rag-finetune --data warm.jsonl --init base`
   refrag     `picorag train refrag-finetune --queries wiki2hop_train.jsonl --init warm` (2 hops x 5)
   eval       both gold passages among the 10 returned, on wiki2hop.jsonl's dev and test splits: plain k=10,
@@ -41,12 +41,13 @@ KB = OUT / "kbs" / "wiki-bm25"
 SET = ROOT / "bench" / "data" / "wiki2hop.jsonl"
 TRAIN_SET = OUT / "multihop" / "wiki2hop_train.jsonl"
 HOPS, PER_HOP = 2, 5
+N_CLOZE = 8000  # single-passage cloze conversations added to the warm start (see cloze_data)
 STAGES = ("train-set", "pretrain", "warm-data", "warm", "refrag", "eval")
 # the settings of the reported run; choices were made on the dev split and the training questions only
 PRETRAIN = ["--kb", str(KB.relative_to(ROOT)), "--steps", "360", "--batch-size", "8", "--seq-len", "512",
             "--n-layer", "4", "--n-head", "4", "--n-embd", "192", "--block-pattern", "T,T,T,T",
             "--vocab-size", "4096", "--eval-every", "60"]
-WARM = ["--steps", "400", "--batch-size", "8", "--lr", "1e-3", "--eval-every", "50"]
+WARM = ["--steps", "800", "--batch-size", "8", "--lr", "2e-3", "--eval-every", "100"]
 REFRAG = ["--steps", "200", "--batch-size", "8", "--lr", "2e-4", "--max-hops", str(HOPS),
           "--top-k-per-hop", str(PER_HOP)]
 
@@ -86,6 +87,48 @@ def warm_data(kb, rows: list[dict]) -> tuple[list[dict], dict[str, int]]:
         out.append({"messages": [*query_messages(r["question"], hops), {"role": "assistant", "content": r["bridge"]}]})
     why["kept"] = len(out)
     return out, dict(why)
+
+
+def cloze_data(kb, n: int, exclude: set[str], seed: int = 2) -> list[dict]:
+    """`n` more warm-start conversations of the same shape from random passages: a sentence with one
+    capitalised name (1-4 words, once in the sentence, not its first word) replaced by X; the answer is the
+    name. The same reading task as the 2-hop questions (find the sentence, copy what X stands for), without
+    the bridge-title conditions that leave only ~1,700 of those. Articles in `exclude` are not used."""
+    import gzip
+    import random
+    import re
+
+    from common import DATA
+
+    from picorag.prompt import document
+    from picorag.refrag import query_messages
+
+    name = re.compile(r"(?<=\s)[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,3}")
+    sent = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+    passages = [json.loads(line) for line in gzip.open(DATA / "wiki" / "passages.jsonl.gz", "rt", encoding="utf-8")]
+    rnd = random.Random(seed)
+    rnd.shuffle(passages)
+    out = []
+    for p in passages:
+        if p["title"] in exclude:
+            continue
+        sents = [x for x in sent.split(p["text"]) if len(x.split()) >= 8]
+        if not sents:
+            continue
+        x = rnd.choice(sents)
+        names = [m.group() for m in name.finditer(x) if len(m.group()) >= 4 and x.count(m.group()) == 1]
+        if not names:
+            continue
+        span = rnd.choice(names)
+        question = f'Which entity is X in: "{x.replace(span, "X")}"?'
+        hits = kb.search(question, k=PER_HOP)
+        if f"{p['id']}-0" not in {h.id for h in hits}:
+            continue
+        hops = [{"hop": 1, "query": question, "documents": [document(h) for h in hits]}]
+        out.append({"messages": [*query_messages(question, hops), {"role": "assistant", "content": span}]})
+        if len(out) == n:
+            break
+    return out
 
 
 def evaluate(kb, rows: list[dict], models: dict[str, Path]) -> dict:
@@ -136,12 +179,14 @@ def evaluate(kb, rows: list[dict], models: dict[str, Path]) -> dict:
                 x["wrote"] += 1
                 x["exact"] += q2.strip() == r["bridge"]
                 x["names"] += r["bridge"] in q2
+                x["again"] += q2 == r["question"]  # an empty query falls back to the question
                 if len(examples.setdefault(name, [])) < 8 and r["split"] == "dev":
                     examples[name].append({"id": r["id"], "bridge": r["bridge"], "query": q2,
                                            "both": set(r["gold"]) <= set(ids)})
         stat = {s: {"n": x["n"], **{k: x[k] / x["n"] for k in ("a", "b", "both", "passages")},
                     **({"wrote": x["wrote"], "exact": x["exact"] / max(x["wrote"], 1),
-                        "names": x["names"] / max(x["wrote"], 1)} if "writes" in name else {})}
+                        "names": x["names"] / max(x["wrote"], 1), "again": x["again"] / max(x["wrote"], 1)}
+                       if "writes" in name else {})}
                 for s, x in per.items()}
         stat["ms_per_question"] = (time.perf_counter() - t0) * 1000 / len(rows)
         result[name] = stat
@@ -165,7 +210,13 @@ def plot(log_rows: list[dict], pre_log: Path, path: Path) -> None:
     if len(rew) >= win:
         ax1.plot(steps[win - 1:], np.convolve(rew, np.ones(win) / win, "valid"), color="C0",
                  label=f"{win}-step moving mean")
-    ax1.plot(steps, [r["baseline"] for r in log_rows], color="C1", lw=1, ls="--", label="baseline (running mean)")
+    wrote = [(i, r["reward_wrote"]) for i, r in enumerate(log_rows) if r["reward_wrote"] is not None]
+    if len(wrote) >= win:
+        ax1.plot([steps[i] for i, _ in wrote[win - 1:]],
+                 np.convolve([w for _, w in wrote], np.ones(win) / win, "valid"), color="C2",
+                 label=f"{win}-step moving mean, episodes the model wrote in")
+    ax1.plot(steps, [np.nan if r["baseline"] is None else r["baseline"] for r in log_rows], color="C1", lw=1,
+             ls="--", label="baseline (running mean, episodes it wrote in)")
     ax1.set(xlabel="refrag-finetune step", ylabel="reward", title="REINFORCE on wiki2hop training questions")
     ax1.legend(fontsize=8)
     rows = list(csv.DictReader(pre_log.open(encoding="utf-8")))
@@ -180,22 +231,26 @@ def plot(log_rows: list[dict], pre_log: Path, path: Path) -> None:
 
 
 def report(res: dict) -> str:
-    head = ["method", "split", "n", "A found", "B found", "both found", "hop-2 query = title", "names title"]
+    head = ["method", "split", "n", "A found", "B found", "both found", "hop-2 query = title", "names title",
+            "hop-2 query = the question"]
     rows = []
     for name, s in res["eval"]["methods"].items():
         for split in ("dev", "test"):
             if split in s:
                 x = s[split]
                 rows.append([name, split, x["n"], f"{x['a']:.3f}", f"{x['b']:.3f}", f"{x['both']:.3f}",
-                             *(f"{x[k]:.2f}" if k in x else "–" for k in ("exact", "names"))])
+                             *(f"{x[k]:.2f}" if k in x else "–" for k in ("exact", "names", "again"))])
     md = md_table(head, rows) + "\n\n"
     st = res["stages"]
     pre, warm, rf = st.get("pretrain", {}), st.get("warm", {}), st.get("refrag", {})
     md += (f"Pretrain: {pre.get('params', 0):,} parameters, step {pre.get('step')}, loss {pre.get('loss')}, "
            f"validation {pre.get('val_loss')}, {pre.get('tokens_per_s', 0):,.0f} tokens/s, {pre.get('elapsed_s')} s. "
-           f"Warm start: {st.get('warm-data', {}).get('kept')} conversations, loss {warm.get('loss')}, "
-           f"validation {warm.get('val_loss')}. Refrag: reward {rf.get('reward_first_10')} (first 10 steps) -> "
-           f"{rf.get('reward_last_10')} (last 10).\n")
+           f"Warm start: {st.get('warm-data', {}).get('kept')} 2-hop and {st.get('warm-data', {}).get('cloze')} "
+           f"cloze conversations, loss {warm.get('loss')}, validation {warm.get('val_loss')}, {warm.get('seconds')} s. "
+           f"Refrag: mean reward {rf.get('reward_first_10')} (first 10 steps) -> {rf.get('reward_last_10')} (last "
+           f"10); in the episodes the model wrote in {rf.get('reward_wrote_first_10')} -> "
+           f"{rf.get('reward_wrote_last_10')}; {rf.get('seconds', '?')} s.\n\nCommands:\n\n" +
+           "".join(f"    {st[k]['command']}\n" for k in ("train-set", "pretrain", "warm", "refrag") if k in st))
     return md
 
 
@@ -235,6 +290,10 @@ def main() -> None:
     with KnowledgeBase.open(KB) as kb:
         if todo("warm-data"):
             convs, why = warm_data(kb, read_rows(TRAIN_SET))
+            held = read_rows(SET)
+            cloze = cloze_data(kb, N_CLOZE, {r["a_title"] for r in held} | {r["bridge"] for r in held})
+            why["cloze"] = len(cloze)
+            convs += cloze
             (RUN / "warm.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in convs),
                                             encoding="utf-8")
             state["warm-data"] = why

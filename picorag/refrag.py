@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: st
     opt = model.optimizer(lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     baseline, rows = None, []
-    out = Path(out)
+    out, t0 = Path(out), time.perf_counter()
     with KnowledgeBase.open(kb_path) as kb:
         for step in tqdm(range(steps), desc="refrag", file=sys.stderr, disable=not progress):
             rng = np.random.default_rng([seed, step])
@@ -185,7 +186,8 @@ def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: st
                          "found": float(np.mean([e.found_at is not None for e in episodes])),
                          "golds_found": float(np.mean([e.golds_found for e in episodes]))})
     summary = {"stage": "refrag-finetune", "init": str(init), "step": steps, "max_hops": max_hops,
-               "top_k_per_hop": top_k_per_hop, "hop_cost": hop_cost,
+               "top_k_per_hop": top_k_per_hop, "hop_cost": hop_cost, "batch_size": batch_size, "lr": lr,
+               "seconds": round(time.perf_counter() - t0, 1),
                "reward_first_10": round(float(np.mean([r["reward"] for r in rows[:10]])), 4),
                "reward_last_10": round(float(np.mean([r["reward"] for r in rows[-10:]])), 4),
                "reward_wrote_first_10": _mean_of(rows[:10], "reward_wrote"),
