@@ -127,8 +127,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     r = tune(KnowledgeBase.open(args.kb), cfg, say=say)
     _emit(args, r, f"tuned {args.kb}: {r['keys']} sentence keys for {r['chunks_with_keys']} of {r['chunks']} chunks "
-                   f"in {r['seconds']:.0f} s" + (" (cut by --budget-minutes/--max-keys)" if r["cut_by_budget"] else "")
-                   + "; search/ask/eval use them (--no-tuned to compare)")
+                   f"in {r['seconds']:.0f} s; search/ask/eval use them (--no-tuned to compare)")
 
 
 def search_strategy(args: argparse.Namespace, kb: Any) -> None:
@@ -524,8 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("tune", cmd_tune, "sentence keys from this KB's own text for vague questions (no labels needed)")
     sp.add_argument("--key-weight", type=float, default=0.7, help="share of a chunk's best sentence key in its "
                     "dense score (default 0.7)")
-    sp.add_argument("--budget-minutes", type=float, default=10.0, help="wall-clock cap on embedding (10)")
-    sp.add_argument("--max-keys", type=int, default=40000, help="at most this many sentence keys (40000)")
+    sp.add_argument("--budget-minutes", type=float, default=30.0, help="give up (storing nothing) when embedding "
+                    "would take longer (30)")
+    sp.add_argument("--max-keys", type=int, default=100000, help="refuse KBs with more sentences (100000)")
     sp.add_argument("--remove", action="store_true", help="delete the KB's tune keys instead")
 
     sp = command("serve", cmd_serve, "HTTP API, OpenAI-compatible endpoint and web page")
