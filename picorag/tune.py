@@ -110,17 +110,20 @@ def embed_keys(kb: KnowledgeBase, texts: Sequence[str], batch: int = 64, budget_
     from tqdm import tqdm
 
     enc = kb.encoder()
-    uniq = list(dict.fromkeys(texts))
+    # Shortest first: an encoder pads a batch to its longest text, so similar lengths waste less work
+    # (ONNX encoders); the pace is projected on characters, which early short batches do not flatter.
+    uniq = sorted(dict.fromkeys(texts), key=len)
+    total_chars = max(sum(map(len, uniq)), 1)
     out = []
-    t0 = time.monotonic()
+    t0, chars = time.monotonic(), 0
     with tqdm(total=len(uniq), desc="embedding sentence keys", unit="key", disable=None if progress else True,
               leave=False) as bar:
         for s in range(0, len(uniq), batch):
             out.append(np.asarray(enc.encode(uniq[s : s + batch], kind="query"), dtype=np.float32))
             bar.update(len(out[-1]))
-            spent, done = time.monotonic() - t0, s + len(out[-1])
-            if budget_s is not None and done < len(uniq) and (
-                    spent > budget_s or (spent > 20 and spent / done * len(uniq) > budget_s)):
+            spent, chars = time.monotonic() - t0, chars + sum(map(len, uniq[s : s + batch]))
+            if budget_s is not None and s + batch < len(uniq) and (
+                    spent > budget_s or (spent > 20 and spent / chars * total_chars > budget_s)):
                 break
     vecs = np.concatenate(out) if out else np.zeros((0, enc.dim), np.float32)
     where = {t: i for i, t in enumerate(uniq[: len(vecs)])}
