@@ -252,6 +252,8 @@ class Prepared:
 
 
 def prepare(kb: Any, queries: list[TrainQuery], cfg: RetrieverConfig, warn: Warn | None = None) -> Prepared:
+    """Resolve gold docs to chunks, split off the val queries, mine negatives. `queries` is narrowed in place to
+    the queries with a gold doc in the KB (indices in the result refer to it)."""
     from .retrieve import bm25_ranked
 
     rows = _doc_rows(kb, sorted({d for q in queries for d in q.gold}))
@@ -356,7 +358,7 @@ def train_retriever(kb_path: str | Path, out: str | Path, dataset: str | Path | 
     if cfg.epochs < 0 or cfg.batch_size < 2 or cfg.hard_negatives < 0 or not 0 <= cfg.val < 1:
         raise PicoragError("need --epochs >= 0, --batch-size >= 2, --hard-negatives >= 0 and 0 <= --val < 1")
     out = Path(out)
-    if out.exists() and not (out / "report.json").is_file() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or not (out / "report.json").is_file() and any(out.iterdir())):
         raise PicoragError(f"--out {out} exists and is not a retriever output; choose another directory")
     queries = read_queries(dataset, split, pairs)  # cheap checks before loading torch and the model
     base = Path(base) if base else default_base()

@@ -183,7 +183,10 @@ def test_bad_inputs_are_one_line_errors(setup, tmp_path, capsys):
     nowts.mkdir()
     (nowts / "config.json").write_text("{}")
     assert "no model.safetensors" in fails("--pairs", str(pairs), "--base", str(nowts))
-    assert not (tmp_path / "o").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert "is not a retriever output" in fails("--pairs", str(pairs), "--out", str(tmp_path / "busy"))
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and not (tmp_path / "o").exists()
 
 
 def test_default_base_matches_the_minilm_encoder():
