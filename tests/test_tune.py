@@ -186,15 +186,18 @@ def test_filters_delete_add_and_compact_keep_working(tiny, tmp_path, capsys):
         assert not {h.doc_id for h in hs} & {"d0", "d1"}
     # add and compact make segments whose chunks have no keys: the keys are then not used, with a warning
     docs, new_probes = corpus(np.random.default_rng(7), n_docs=5, prefix="n")
-    for change in (lambda kb: kb.add([write_docs(tmp_path / "new.jsonl", docs)]), lambda kb: kb.compact()):
+    for segments, change in ((2, lambda kb: kb.add([write_docs(tmp_path / "new.jsonl", docs)])),
+                             (1, lambda kb: kb.compact())):
         change(kb)
+        assert len(kb.segments) == segments
         capsys.readouterr()
         plain = kb.search_many(probes + new_probes, k=5, mode="dense", fetch=False, tuned=False)
         tuned = kb.search_many(probes + new_probes, k=5, mode="dense", fetch=False)
         assert "re-run picorag tune" in capsys.readouterr().err
         assert [[h.id for h in hs] for hs in tuned] == [[h.id for h in hs] for hs in plain]
-    tune(kb, progress=False)  # and a new tune covers everything again
-    assert mrr(kb, new_probes, prefix="n") > 0.5 and tuned_of(kb) is not None
+        tune(kb, progress=False)  # a new tune covers every segment again
+        assert tuned_of(kb) is not None and mrr(kb, new_probes, prefix="n") > 0.5
+        assert mrr(kb, probes) > mrr(kb, probes, tuned=False) + 0.2  # d0, d1 (deleted) count 0 in both
 
 
 def test_errors_are_one_line(tmp_path, capsys, tiny):
