@@ -392,3 +392,19 @@ def test_refrag_finetune_end_to_end(tmp_path, example, pretrained, capsys):
     assert [(r["wrote"], r["reward_wrote"], r["baseline"]) for r in rows] == [(0, None, None)] * 2
     gold.write_text(json.dumps({"question": "Do gift cards expire?", "gold": "store_002-0"}) + "\n")
     assert main([*argv[:5], str(gold), *argv[6:]]) == 1 and "no {" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pattern", ["T,T", "M,M"])
+def test_rag_finetune_learns_for_pure_attention_and_pure_mamba(tmp_path, example, text_file, pattern):
+    # the hybrid is covered above; the issue asks RAG fine-tuning to work for all three block patterns
+    base, out = tmp_path / "base", tmp_path / "rag"
+    pretrain([str(text_file)], base, {**MODEL, "block_pattern": pattern}, TrainConfig(steps=5, batch_size=2),
+             vocab_size=420, progress=False)
+    rag_finetune(example / "conversations_train.jsonl", out, TrainConfig(steps=30, batch_size=4, lr=1e-2, warmup=2),
+                 init=base, progress=False)
+    losses = [float(r.split(",")[1]) for r in (out / "log.csv").read_text().splitlines()[1:]]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # the answers are being learned
+    gen = load_generator("gpt", model=str(out))
+    assert gen.model.config.block_pattern == pattern
+    msgs = [{"role": "retrieval", "documents": []}, {"role": "user", "content": "Q?"}]
+    assert isinstance("".join(gen.stream(msgs, max_tokens=4)), str)
