@@ -1,14 +1,15 @@
 """`picorag tune` before/after, per retrieval mode, on three sets.
 
-    .venv/bin/python bench/bench_tune.py [--only law|scifact]
+    .venv/bin/python bench/bench_tune.py [--only law|scifact] [--key-weight W]
 
     law      KB bench/out/kbs/law-e5-small (3 statutes, e5-small vectors), copied to bench/out/tune/law-e5
              - bench/data/law_vague_dev.jsonl: our 54 vague colloquial questions (hit@5, MRR@5)
              - ../shared/data/law/eval/law_eval_set.jsonl: the shared set, test only (must stay hit@5 1.00)
     scifact  KB bench/out/kbs/scifact-minilm, copied to bench/out/tune/scifact-minilm; BEIR test queries (nDCG@10)
 
-Tune stores sentence keys made from each KB's own chunks only (picorag/tune.py); no question of any set
-above is seen by tune, and only the dev set was used to choose its method and defaults. Key vectors are
+Tune stores sentence keys made from each KB's own chunks only (picorag/tune.py) and chooses the key weight
+on pseudo-queries from those chunks (`--key-weight W` fixes it, to compare); no question of any set above
+is seen by tune, and only the dev set was used to choose its method and defaults. Key vectors are
 cached by text under bench/out/tune/cache (embedding is the slow part); "embed s" is the time they took when
 first embedded (at the load average then), "tune s" the rest of `tune` (cutting, storing).
 Writes bench/out/tune.md, bench/out/tune.json and bench/out/tune.png.
@@ -54,7 +55,7 @@ def tuned_kb(name: str, cfg: TuneConfig) -> tuple[Path, dict]:
         shutil.rmtree(spec["copy"])
     shutil.copytree(spec["kb"], spec["copy"])
     kb = KnowledgeBase.open(spec["copy"])
-    timing: dict[str, float] = {}
+    timing: dict[str, float] = {"this_run_s": 0.0, "embed_s": 0.0}  # keys, then the pseudo-queries
     t0 = time.perf_counter()
     rep = tune(kb, cfg, say=lambda m: print(f"  {m}", flush=True),
                embed=lambda texts: cached_embed(name, kb, texts, timing))
@@ -82,9 +83,9 @@ def cached_embed(name: str, kb: KnowledgeBase, texts: list[str], timing: dict) -
         np.save(vecs_f, vecs)
         log_f.write_text(json.dumps(log))
         where = {t: i for i, t in enumerate(cached)}
-    timing["this_run_s"] = time.perf_counter() - t0
+    timing["this_run_s"] += time.perf_counter() - t0
     uniq = len(set(texts))
-    timing["embed_s"] = log["seconds"] / max(log["embedded"], 1) * uniq  # seconds per key when first embedded
+    timing["embed_s"] += log["seconds"] / max(log["embedded"], 1) * uniq  # seconds per key when first embedded
     return vecs[[where[t] for t in texts]], np.ones(len(texts), dtype=bool)
 
 
@@ -110,8 +111,9 @@ def measure(kb_dir: Path, dataset: Path) -> dict[str, dict[str, dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=list(SETS))
+    ap.add_argument("--key-weight", type=float, help="fixed w (default: learned per KB by tune)")
     args = ap.parse_args()
-    cfg = TuneConfig()
+    cfg = TuneConfig(key_weight=args.key_weight)
     old = json.loads((OUT / "tune.json").read_text()) if (OUT / "tune.json").exists() else {}
     results: dict = {"load_before": loadavg(), "cpu": cpu_info(), "commit": git_commit(), "config": asdict(cfg),
                      "sets": old.get("sets", {}) if args.only else {}}  # --only updates one set in place
@@ -140,9 +142,13 @@ def report(r: dict) -> str:
                 rows.append([label, mode] + [f"{b[m]:.3f} → {a[m]:.3f}" for m in metrics]
                             + [", ".join(metrics)])
     lines.append(md_table(["set", "mode", "first metric: before → after", "second", "metrics"], rows))
-    lines += ["", md_table(["KB", "chunks", "sentence keys", "embed s", "tune s (rest)"],
-                           [[n, s["train"]["chunks"], s["train"]["keys"], f"{s['train']['embed_s']:.0f}",
-                             f"{s['train']['tune_s']:.1f}"] for n, s in r["sets"].items()])]
+    lines += ["", md_table(["KB", "chunks", "sentence keys", "key weight", "pseudo-query MRR@10 per w", "embed s",
+                            "tune s (rest)"],
+                           [[n, s["train"]["chunks"], s["train"]["keys"], f"{s['train'].get('key_weight', 0.7):g}",
+                             " ".join(f"{w}:{m:.3f}" for w, m in s["train"].get("weight_learning", {})
+                                      .get("mrr@10", {}).items()) or "(fixed)",
+                             f"{s['train']['embed_s']:.0f}", f"{s['train']['tune_s']:.1f}"]
+                            for n, s in r["sets"].items()])]
     return "\n".join(lines) + "\n"
 
 

@@ -127,7 +127,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     r = tune(KnowledgeBase.open(args.kb), cfg, say=say)
     _emit(args, r, f"tuned {args.kb}: {r['keys']} sentence keys for {r['chunks_with_keys']} of {r['chunks']} chunks "
-                   f"in {r['seconds']:.0f} s; search/ask/eval use them (--no-tuned to compare)")
+                   f"(key weight {r['key_weight']:g}) in {r['seconds']:.0f} s; search/ask/eval use them "
+                   f"(--no-tuned to compare)")
 
 
 def search_strategy(args: argparse.Namespace, kb: Any) -> None:
@@ -521,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     answer_args(sp)
 
     sp = command("tune", cmd_tune, "sentence keys from this KB's own text for vague questions (no labels needed)")
-    sp.add_argument("--key-weight", type=float, default=0.7, help="share of a chunk's best sentence key in its "
-                    "dense score (default 0.7)")
+    sp.add_argument("--key-weight", type=float, default=None, help="share of a chunk's best sentence key in its "
+                    "dense score, 0-1 (default: chosen for this KB on pseudo-queries from its own sentences)")
     sp.add_argument("--budget-minutes", type=float, default=30.0, help="give up (storing nothing) when embedding "
                     "would take longer (30)")
     sp.add_argument("--max-keys", type=int, default=100000, help="refuse KBs with more sentences (100000)")

@@ -12,7 +12,17 @@ import pytest
 from picorag.cli import main
 from picorag.kb import KnowledgeBase
 from picorag.records import PicoragError
-from picorag.tune import TUNED, TuneConfig, key_texts, read_tuned, remove_tuned, sentences, tune, tuned_of
+from picorag.tune import (
+    DEFAULT_WEIGHT,
+    TUNED,
+    TuneConfig,
+    key_texts,
+    read_tuned,
+    remove_tuned,
+    sentences,
+    tune,
+    tuned_of,
+)
 
 WORDS = [f"w{i}" for i in range(48)]
 
@@ -65,6 +75,24 @@ def corpus(rng, n_docs=40, prefix="d"):
     return docs, probes
 
 
+def boilerplate_corpus(rng, n_docs=40):
+    """Documents of two paraphrases of one topic (4 topic words, shuffled, plus one other word) and three
+    sentences every document shares: the chunk vector is mostly the shared text, so a question about the
+    topic is best matched through the *other* topic sentence's key (keys help, a learned w is high)."""
+    docs = []
+    for i in range(n_docs):
+        topic = list(rng.choice(WORDS[:40], 4, replace=False))
+        sents = [" ".join(rng.permutation([*topic, str(rng.choice(WORDS[:40]))])) + "." for _ in range(2)]
+        sents += ["w40 w41 w42 w43 w44.", "w45 w46 w47 w40 w41.", "w42 w43 w44 w45 w46."]
+        docs.append({"id": f"b{i}", "text": " ".join(sents)})
+    return docs
+
+
+# The key machinery is tested at the dev set's weight: on `corpus` (unrelated sentences per chunk) the
+# learned weight is low (a chunk's other sentences say nothing about a question on one of them).
+FIXED = TuneConfig(key_weight=DEFAULT_WEIGHT)
+
+
 def write_docs(path, docs):
     path.write_text("".join(json.dumps(r) + "\n" for r in docs))
     return path
@@ -91,7 +119,7 @@ def test_sentence_keys_find_the_clause_and_no_tuned_restores_the_plain_ranking(t
     plain = kb.search_many(probes, k=5, mode="dense", fetch=False)
     plain_hybrid = kb.search_many(probes, k=5, mode="hybrid", fetch=False)
     before = mrr(kb, probes)
-    report = tune(kb, progress=False)
+    report = tune(kb, FIXED, progress=False)
     assert report["keys"] == 120 and report["chunks_with_keys"] == 40
     kb = KnowledgeBase.open(d / "kb")  # a fresh reader picks the keys up by itself
     after = mrr(kb, probes)
@@ -108,7 +136,7 @@ def test_scores_are_the_documented_mix(tiny):
     d, probes = tiny
     kb = KnowledgeBase.open(d / "kb")
     if tuned_of(kb) is None:
-        tune(kb, progress=False)
+        tune(kb, FIXED, progress=False)
     t = tuned_of(kb)
     enc, seg = kb.encoder(), kb.segments[0]
     chunks = {c["row"]: c["text"] for c in seg.store.iter_chunks()}
@@ -130,6 +158,17 @@ def test_tuned_files_round_trip_cli_no_tuned_and_remove(tiny, capsys, tmp_path):
     assert out["keys"] == 120
     meta = json.loads((kb_dir / TUNED).read_text())
     assert meta["method"] == "sentence-keys" and meta["version"] == 2
+    learned = meta["weight_learning"]  # no --key-weight: learned on pseudo-queries, stored, and used
+    assert out["key_weight"] == meta["key_weight"] and not learned["given"] and len(learned["mrr@10"]) == 11
+    grid = learned["mrr@10"]
+    # the best w (ties: the smaller), or the dev set's when the best does not beat it clearly
+    assert meta["key_weight"] in (float(max(grid, key=lambda w: (grid[w], -float(w)))), DEFAULT_WEIGHT)
+    assert tuned_of(KnowledgeBase.open(kb_dir)).weight == meta["key_weight"]
+    assert main(["tune", str(kb_dir), "--key-weight", "0.9", "--json"]) == 0  # an explicit weight wins
+    capsys.readouterr()
+    meta = json.loads((kb_dir / TUNED).read_text())
+    assert meta["key_weight"] == 0.9 and meta["weight_learning"] == {"given": True}
+    assert tuned_of(KnowledgeBase.open(kb_dir)).weight == 0.9
     keys = np.load(kb_dir / meta["files"]["keys"], allow_pickle=False)
     owners = np.load(kb_dir / meta["files"]["owners"], allow_pickle=False)
     assert keys.shape == (120, 16) and owners.shape == (120, 2) and len(list(kb_dir.glob("tuned-*.npy"))) == 2
@@ -175,7 +214,7 @@ def test_filters_delete_add_and_compact_keep_working(tiny, tmp_path, capsys):
     kb_dir = tmp_path / "kb"
     shutil.copytree(d / "kb", kb_dir)
     kb = KnowledgeBase.open(kb_dir)
-    tune(kb, progress=False)
+    tune(kb, FIXED, progress=False)
     # a metadata filter still applies to chunks found through their keys
     for hs in kb.search_many(probes, k=10, mode="dense", where={"group": "odd"}):
         assert hs and all(h.meta["group"] == "odd" for h in hs)
@@ -195,7 +234,7 @@ def test_filters_delete_add_and_compact_keep_working(tiny, tmp_path, capsys):
         tuned = kb.search_many(probes + new_probes, k=5, mode="dense", fetch=False)
         assert "re-run picorag tune" in capsys.readouterr().err
         assert [[h.id for h in hs] for hs in tuned] == [[h.id for h in hs] for hs in plain]
-        tune(kb, progress=False)  # a new tune covers every segment again
+        tune(kb, FIXED, progress=False)  # a new tune covers every segment again
         assert tuned_of(kb) is not None and mrr(kb, new_probes, prefix="n") > 0.5
         assert mrr(kb, probes) > mrr(kb, probes, tuned=False) + 0.2  # d0, d1 (deleted) count 0 in both
 
@@ -257,7 +296,7 @@ def test_hyde_honours_no_tuned(tiny):
     d, probes = tiny
     kb = KnowledgeBase.open(d / "kb")
     if tuned_of(kb) is None:  # standalone run: give the KB its keys first
-        tune(kb, progress=False)
+        tune(kb, FIXED, progress=False)
         kb = KnowledgeBase.open(d / "kb")
     q = probes[0]
     for tuned in (True, False):
@@ -277,3 +316,22 @@ def test_rebuild_drops_the_adapter_of_the_old_corpus(tmp_path):
     kb = KnowledgeBase.build(tmp_path / "kb", [src], dense=str(enc))
     assert not (tmp_path / "kb" / TUNED).exists() and not list((tmp_path / "kb").glob("tuned-*.npy"))
     assert tuned_of(kb) is None
+
+
+def test_learned_weight_follows_the_corpus(tiny, tmp_path):
+    """Where a chunk's other sentences restate what a question asks (boilerplate-diluted chunks), the
+    learned w is high; where they are unrelated, the chunk vector is the better evidence and w is low."""
+    d, _ = tiny
+    weights = {}
+    for name, docs in (("topic", boilerplate_corpus(np.random.default_rng(0))),
+                       ("unrelated", corpus(np.random.default_rng(0))[0])):
+        kb = KnowledgeBase.build(tmp_path / name, [write_docs(tmp_path / f"{name}.jsonl", docs)], dense=str(d / "enc"))
+        report = tune(kb, progress=False)
+        grid = report["weight_learning"]["mrr@10"]
+        assert report["key_weight"] == float(max(grid, key=lambda w: (grid[w], -float(w))))  # clear: not gated
+        assert tuned_of(KnowledgeBase.open(tmp_path / name)).weight == report["key_weight"]
+        weights[name] = report["key_weight"]
+    assert weights["topic"] >= 0.6 and weights["unrelated"] <= 0.3, weights  # measured 1.0 and 0.0
+    # too few sentences to choose from: the dev set's weight, and the report says why
+    report = tune(KnowledgeBase.open(tmp_path / "topic"), TuneConfig(pseudo_queries=5), progress=False)
+    assert report["key_weight"] == DEFAULT_WEIGHT and report["weight_learning"]["too_few_sentences"] == 5
