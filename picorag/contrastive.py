@@ -316,24 +316,12 @@ def val_mrr(emb: Embedder, queries: list[TrainQuery], p: Prepared, k: int = 10) 
 # -- training ---------------------------------------------------------------------------------------
 
 
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name != "cpu" and not name.startswith("cuda"):
-        raise PicoragError(f"unknown device {name!r}; use auto, cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PicoragError("--device cuda but PyTorch sees no GPU")
-    return torch.device(name)
-
-
 def _set_threads(n: int) -> int:
     import torch
 
     if n > 0:
         torch.set_num_threads(n)
-    elif "OMP_NUM_THREADS" not in os.environ:  # torch already took OMP_NUM_THREADS; else half the cores, as tune
+    elif "OMP_NUM_THREADS" not in os.environ:  # torch already took OMP_NUM_THREADS; else half the cores
         torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
     return torch.get_num_threads()
 
@@ -365,11 +353,12 @@ def train_retriever(kb_path: str | Path, out: str | Path, dataset: str | Path | 
     import torch
 
     from .kb import KnowledgeBase
+    from .train import pick_device
 
     model, tok, settings = load_base(base)
     t_start = time.perf_counter()
     threads = _set_threads(cfg.threads)
-    device = _device(cfg.device)
+    device = torch.device(pick_device(cfg.device))
     with KnowledgeBase.open(kb_path) as kb:
         p = prepare(kb, queries, cfg, warn)
     torch.manual_seed(cfg.seed)

@@ -22,7 +22,6 @@ usual become more likely.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .dataset import _is_gold, encode_conversation, fit_conversation
+from .dataset import _is_gold, encode_conversation, fit_conversation, read_jsonl_objects, write_jsonl
 from .model import GPT
 from .prompt import Message, document
 from .records import PicoragError
@@ -145,7 +144,6 @@ def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: st
                     hop_cost: float = 0.1, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """REINFORCE on the queries JSONL: {"question", "doc_id", "evidence"?} lines, as prepare-dataset writes,
     or {"question", "gold": [chunk ids]} (all must be found)."""
-    from .dataset import read_jsonl_objects
     from .kb import KnowledgeBase
 
     if max_hops < 2:
@@ -194,7 +192,7 @@ def refrag_finetune(kb_path: str, queries: str | Path, init: str | Path, out: st
                "reward_wrote_last_10": _mean_of(rows[-10:], "reward_wrote")}
     save_checkpoint(out, model, tok, {**{k: v for k, v in meta.items() if k not in ("format", "version", "model")},
                                       **summary})
-    (out / "refrag_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(out / "refrag_log.jsonl", rows)
     return summary
 
 

@@ -74,14 +74,20 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> Dist:
-    """The process's rank, world size and device; starts the process group when run under torchrun."""
+def pick_device(device: str = "auto") -> str:
+    """`auto` → cuda when PyTorch sees a GPU, else cpu; a bad name or a missing GPU is a one-line error."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise PicoragError(f"unknown device {device!r}; use auto, cpu or cuda")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PicoragError("--device cuda but PyTorch sees no GPU")
+    return device
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """The process's rank, world size and device; starts the process group when run under torchrun."""
+    device = pick_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(0, 1, torch.device(device))
